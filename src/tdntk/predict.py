@@ -1,0 +1,217 @@
+"""`TDNTK`: the predictive distribution of TD-trained wide Q-network ensembles.
+
+Built once from a kernel function and the data (the kernels and the
+factorisation are computed at construction), then evaluated at any times:
+
+    model = TDNTK(net, data, learning_rate=0.01)            # eq. 6-10
+    g = model.predict(x_test, t=[0, 2**8, 2**16, np.inf])   # g.mean (T, m), g.cov (T, m, m)
+
+The ensemble moments follow from (*) of the notes with Q_0 ~ GP(0, K):
+
+    mean_t = Z_t r
+    cov_t  = K** - Z_t C - (Z_t C)^T + Z_t Kbar Z_t^T                    (eq. 10, 52)
+    C      = K(X, X*) - G P K(X'', X*)
+    Kbar   = Cov[Q0(X) - G P Q0(X'')]
+
+Shapes: n transitions, d features, m test inputs, T times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data import Transitions
+from .dynamics import SoftTarget, TDDynamics, check_times
+
+__all__ = ["TDNTK", "Prediction", "KernelFn"]
+
+KernelFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Gaussian predictive distribution at T times over m test inputs.
+
+    Attributes:
+        t: (T,) training times (gradient steps; np.inf allowed).
+        mean: (T, m) ensemble mean of Q.
+        var: (T, m) ensemble variance of Q.
+        cov: (T, m, m) full covariance, or None when ``full_cov=False``.
+    """
+
+    t: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    cov: np.ndarray | None = None
+
+    @property
+    def std(self) -> np.ndarray:
+        """(T, m) standard deviation (negative round-off variances clipped to 0)."""
+        return np.sqrt(np.maximum(self.var, 0.0))
+
+
+def _kernel_fn(kernels) -> KernelFn:
+    fn = getattr(kernels, "kernels", kernels)
+    if not callable(fn):
+        raise TypeError(
+            "kernels must be an MLP (or any object with a .kernels(x1, x2) method) or a "
+            f"callable (x1, x2) -> (nngp, ntk), got {type(kernels).__name__}"
+        )
+    return fn
+
+
+class TDNTK:
+    """Closed-form TD training dynamics of infinitely wide Q-networks.
+
+    Args:
+        kernels: an `MLP` (analytic kernels) or any callable
+            ``(x1 (n1, d), x2 (n2, d)) -> (nngp (n1, n2), ntk (n1, n2))``,
+            e.g. the empirical kernels of one finite network.
+        data: the `Transitions`.
+        learning_rate: eta (> 0).
+        target: None for a single Q-network (sec. 4.1) or `SoftTarget(tau)` (sec. 4.2).
+        time: "continuous" (gradient flow, default) or "discrete" (exact GD of
+            the linearised network; integer t).
+        loss: "sum" (paper eq. 6, default) or "mean" (loss divided by n).
+
+    Attributes:
+        dynamics: the `TDDynamics` (Theta_bar's eigendecomposition or the
+            target network's transfer matrices).
+        critical_learning_rate: eq. 11.
+    """
+
+    def __init__(
+        self,
+        kernels,
+        data: Transitions,
+        learning_rate: float,
+        target: SoftTarget | None = None,
+        time: str = "continuous",
+        loss: str = "sum",
+    ):
+        if not isinstance(data, Transitions):
+            raise TypeError(f"data must be a Transitions, got {type(data).__name__}")
+        self.kernel_fn = _kernel_fn(kernels)
+        self.data = data
+        n = data.n
+        self._train_inputs = np.concatenate([data.x, data.x_next_flat])
+        nngp, ntk = self.kernel_fn(self._train_inputs, self._train_inputs)
+        nngp, ntk = np.asarray(nngp, np.float64), np.asarray(ntk, np.float64)
+        self.dynamics = TDDynamics(
+            ntk[:n, :n], ntk[:n, n:], ntk[n:, n:], data, learning_rate, target, time, loss
+        )
+        # Kbar = Cov[Q0(X) - G P Q0(X'')] in the basis of Z_t.
+        k_xx, k_xn, k_nn = nngp[:n, :n], nngp[:n, n:], nngp[n:, n:]
+        gp_k_nx = data.bellman(k_xn.T)
+        kbar = k_xx - gp_k_nx - gp_k_nx.T + data.bellman(data.bellman(k_nn).T).T
+        self._basis = self.dynamics.z_basis
+        self._kbar = self._to_basis(self._to_basis(kbar).T)
+        self._reward = self._to_basis(data.reward)
+
+    @property
+    def critical_learning_rate(self) -> float:
+        """eq. 11, ``2 / (l_max + l_min)`` (see `TDDynamics.critical_learning_rate`)."""
+        return self.dynamics.critical_learning_rate
+
+    def _to_basis(self, a):
+        return a if self._basis is None else self._basis.T @ a
+
+    def _check_test(self, x_test):
+        x_test = np.asarray(x_test, dtype=np.float64)
+        d = self.data.input_dim
+        if x_test.ndim != 2 or x_test.shape[1] != d:
+            raise ValueError(f"x_test must have shape (m, {d}) like data.x, got {x_test.shape}")
+        if not np.all(np.isfinite(x_test)):
+            raise ValueError("x_test contains NaN or infinite values")
+        return x_test
+
+    def _test_kernels(self, x_test):
+        nngp, ntk = self.kernel_fn(x_test, self._train_inputs)
+        n = self.data.n
+        nngp, ntk = np.asarray(nngp, np.float64), np.asarray(ntk, np.float64)
+        return nngp[:, :n], nngp[:, n:], self.dynamics.test_kernel(ntk[:, :n], ntk[:, n:])
+
+    def predict(self, x_test, t, full_cov: bool = True) -> Prediction:
+        """Ensemble mean and covariance of Q(x_test) after training time(s) t (eq. 10/52).
+
+        Args:
+            x_test: (m, d) inputs X*.
+            t: scalar or (T,) times >= 0; np.inf gives the converged ensemble.
+            full_cov: return the (T, m, m) covariance; otherwise only the variance.
+        Returns:
+            `Prediction` with mean (T, m), var (T, m) and cov (T, m, m) or None.
+        """
+        x_test = self._check_test(x_test)
+        times = check_times(t, self.dynamics.time)
+        k_tx, k_tn, test_kernel = self._test_kernels(x_test)
+        # C^T = K(X*, X) - K(X*, X'') P^T G, in the basis: (n, m)
+        c = self._to_basis((k_tx - self.data.bellman(k_tn.T).T).T)
+        if full_cov:
+            prior, _ = self.kernel_fn(x_test, x_test)
+            prior = np.asarray(prior, np.float64)
+            prior_var = np.diag(prior)
+        else:
+            prior_var = self._prior_variances(x_test)
+        m, n_t = x_test.shape[0], times.size
+        mean = np.empty((n_t, m))
+        var = np.empty((n_t, m))
+        cov = np.empty((n_t, m, m)) if full_cov else None
+        for i in np.argsort(times, kind="stable"):
+            coef = self.dynamics.z_coefficients(test_kernel, times[i])
+            mean[i] = coef @ self._reward
+            zc = coef @ c
+            zkz = coef @ self._kbar
+            if full_cov:
+                cov_i = prior - zc - zc.T + zkz @ coef.T
+                cov[i] = 0.5 * (cov_i + cov_i.T)
+                var[i] = np.diag(cov[i])
+            else:
+                var[i] = prior_var - 2 * np.diag(zc) + np.einsum("mn,mn->m", zkz, coef)
+        return Prediction(times, mean, var, cov)
+
+    def _prior_variances(self, x_test):
+        diag = getattr(getattr(self.kernel_fn, "__self__", None), "kernel_diagonals", None)
+        if diag is not None:
+            return np.asarray(diag(x_test)[0], np.float64)
+        return np.array([self.kernel_fn(x[None], x[None])[0][0, 0] for x in x_test])
+
+    def predict_from_init(self, x_test, t, q0_test, q0_x, q0_next) -> np.ndarray:
+        """The linearised network started from given outputs at initialisation, eq. 8/24 (15/43).
+
+        ``Q_t(X*) = Q0(X*) + Z_t (r - Q0(X) + G P Q0(X''))`` (notes, (*)); with
+        the empirical NTK of one network as `kernels` this is that network's
+        linearisation ("Lin." in the paper).
+
+        Args:
+            x_test: (m, d) inputs.
+            t: scalar or (T,) times.
+            q0_test: (m,) outputs at initialisation on x_test.
+            q0_x: (n,) outputs at initialisation on data.x.
+            q0_next: (n, k) or (n k,) outputs at initialisation on data.x_next.
+        Returns:
+            (T, m) Q-values.
+        """
+        x_test = self._check_test(x_test)
+        times = check_times(t, self.dynamics.time)
+        n = self.data.n
+        q0_test = _vector("q0_test", q0_test, x_test.shape[0])
+        q0_x = _vector("q0_x", q0_x, n)
+        q0_next = _vector("q0_next", q0_next, n * self.data.k)
+        residual = self._to_basis(self.data.reward - q0_x + self.data.bellman(q0_next))
+        _, _, test_kernel = self._test_kernels(x_test)
+        out = np.empty((times.size, x_test.shape[0]))
+        for i, ti in enumerate(times):
+            out[i] = q0_test + self.dynamics.z_coefficients(test_kernel, ti) @ residual
+        return out
+
+
+def _vector(name, v, size):
+    v = np.asarray(v, dtype=np.float64).reshape(-1)
+    if v.size != size:
+        raise ValueError(f"{name} must have {size} values, got {v.size}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return v
