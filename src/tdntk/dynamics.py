@@ -211,7 +211,9 @@ class TDDynamics:
         if ntk_tx.ndim != 2 or ntk_tx.shape[1] != n:
             raise ValueError(f"ntk_tx must have shape (m, {n}), got {ntk_tx.shape}")
         if ntk_tn.shape != (ntk_tx.shape[0], nk):
-            raise ValueError(f"ntk_tn must have shape ({ntk_tx.shape[0]}, {nk}), got {ntk_tn.shape}")
+            raise ValueError(
+                f"ntk_tn must have shape ({ntk_tx.shape[0]}, {nk}), got {ntk_tn.shape}"
+            )
         if self.target is not None:
             return ntk_tx
         return (ntk_tx - self.data.bellman(ntk_tn.T).T) @ self.basis
@@ -303,7 +305,7 @@ class TDDynamics:
         return np.block([[-eta * self.ntk_xx, eta * self.gp_ntk_nx], [tau * eye, -tau * eye]])
 
     def _discrete_step(self) -> tuple[np.ndarray, np.ndarray]:
-        """One GD step and soft update (eq. 12) as the affine map x -> A x + B c on [alpha; beta]."""
+        """One GD step then the soft update (eq. 12): x -> A x + B c on x = [alpha; beta]."""
         n, eta, tau = self.data.n, self.eta, self.target.tau
         eye = np.eye(n)
         primary = np.hstack([eye - eta * self.ntk_xx, eta * self.gp_ntk_nx])
@@ -311,7 +313,7 @@ class TDDynamics:
         return np.vstack([primary, target]), np.vstack([eye, tau * eye])
 
     def _exact(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """(E_t, W_t) from scratch: E_t (2n, 2n) the homogeneous part, W_t (2n, n) the forced part."""
+        """(E_t, W_t) from scratch: E_t (2n, 2n) homogeneous part, W_t (2n, n) forced part."""
         n = self.data.n
         if self.time == "continuous":
             aug = np.zeros((3 * n, 3 * n))
@@ -354,4 +356,3 @@ def _compose(first, second):
     e_a, w_a = first
     e_b, w_b = second
     return e_b @ e_a, w_b + e_b @ w_a
-

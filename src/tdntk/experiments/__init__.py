@@ -1,0 +1,1 @@
+"""Experiments: each is a frozen config dataclass with presets and a `run(cfg)` function."""
