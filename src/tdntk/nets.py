@@ -17,6 +17,7 @@ Shapes: n1, n2 inputs, d input width, P parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -36,10 +37,10 @@ def _dual_relu(k11, k22, k12):
 
     The arc-cosine kernels of degree 1 and 0 (Cho & Saul 2009).
     """
-    norm = np.sqrt(k11 * k22)
-    cos = np.clip(k12 / np.maximum(norm, np.finfo(np.float64).tiny), -1.0, 1.0)
-    angle = np.arccos(cos)
-    e_phi = norm * (np.sin(angle) + (np.pi - angle) * cos) / (2 * np.pi)
+    norm = jnp.sqrt(k11 * k22)
+    cos = jnp.clip(k12 / jnp.maximum(norm, np.finfo(np.float64).tiny), -1.0, 1.0)
+    angle = jnp.arccos(cos)
+    e_phi = norm * (jnp.sqrt(1.0 - cos**2) + (np.pi - angle) * cos) / (2 * np.pi)
     e_dphi = (np.pi - angle) / (2 * np.pi)
     return e_phi, e_dphi
 
@@ -47,17 +48,49 @@ def _dual_relu(k11, k22, k12):
 def _dual_erf(k11, k22, k12):
     """E[erf(u) erf(v)] and E[erf'(u) erf'(v)] (arcsine kernel, Williams 1997)."""
     det = (1 + 2 * k11) * (1 + 2 * k22)
-    e_phi = (2 / np.pi) * np.arcsin(np.clip(2 * k12 / np.sqrt(det), -1.0, 1.0))
-    e_dphi = (4 / np.pi) / np.sqrt(det - 4 * k12**2)
+    e_phi = (2 / np.pi) * jnp.arcsin(jnp.clip(2 * k12 / jnp.sqrt(det), -1.0, 1.0))
+    e_dphi = (4 / np.pi) / jnp.sqrt(det - 4 * k12**2)
     return e_phi, e_dphi
 
 
 def _dual_identity(k11, k22, k12):
-    return k12, np.ones_like(k12)
+    return k12, jnp.ones_like(k12)
 
 
 _DUALS = {"relu": _dual_relu, "erf": _dual_erf, "identity": _dual_identity}
 _PHIS = {"relu": jax.nn.relu, "erf": jax.scipy.special.erf, "identity": lambda z: z}
+
+
+@partial(jax.jit, static_argnames=("activation", "depth", "weight_var", "bias_var"))
+def _kernel_recursion(x1, x2, activation, depth, weight_var, bias_var):
+    """NNGP and NTK (n1, n2) by the layer recursion; call under ``jax.enable_x64``."""
+    dual = _DUALS[activation]
+    d = x1.shape[1]
+    k11 = weight_var * jnp.sum(x1 * x1, axis=1) / d + bias_var
+    k22 = weight_var * jnp.sum(x2 * x2, axis=1) / d + bias_var
+    k = weight_var * (x1 @ x2.T) / d + bias_var
+    theta = k
+    for _ in range(depth):
+        e_phi, e_dphi = dual(k11[:, None], k22[None, :], k)
+        k_next = weight_var * e_phi + bias_var
+        theta = k_next + weight_var * e_dphi * theta
+        k = k_next
+        k11 = weight_var * dual(k11, k11, k11)[0] + bias_var
+        k22 = weight_var * dual(k22, k22, k22)[0] + bias_var
+    return k, theta
+
+
+@partial(jax.jit, static_argnames=("activation", "depth", "weight_var", "bias_var"))
+def _diagonal_recursion(x, activation, depth, weight_var, bias_var):
+    dual = _DUALS[activation]
+    k = weight_var * jnp.sum(x * x, axis=1) / x.shape[1] + bias_var
+    theta = k
+    for _ in range(depth):
+        e_phi, e_dphi = dual(k, k, k)
+        k_next = weight_var * e_phi + bias_var
+        theta = k_next + weight_var * e_dphi * theta
+        k = k_next
+    return k, theta
 
 
 @dataclass(frozen=True)
@@ -125,7 +158,8 @@ class MLP:
     def kernels(self, x1, x2=None) -> tuple[np.ndarray, np.ndarray]:
         """Analytic NNGP kernel K and NTK Theta of the network output, float64.
 
-        Layer recursion (Lee et al. 2019, app. C, NTK parametrisation):
+        Layer recursion (Lee et al. 2019, app. C, NTK parametrisation), jitted
+        and fused by XLA in float64 (a local ``jax.enable_x64`` scope):
         ``K^1 = sw2 x.x'/d + sb2``, ``Theta^1 = K^1``;
         ``K^{l+1} = sw2 E[phi(u) phi(v)] + sb2``,
         ``Theta^{l+1} = K^{l+1} + sw2 E[phi'(u) phi'(v)] Theta^l``.
@@ -142,51 +176,30 @@ class MLP:
             raise ValueError(
                 f"kernels: x1 has {x1.shape[1]} features per input but x2 has {x2.shape[1]}"
             )
-        diag2 = self._diagonal_nngp_layers(x2)
         nngp = np.empty((x1.shape[0], x2.shape[0]))
         ntk = np.empty_like(nngp)
-        for start in range(0, x1.shape[0], _KERNEL_BLOCK_ROWS):
-            rows = slice(start, start + _KERNEL_BLOCK_ROWS)
-            diag1 = self._diagonal_nngp_layers(x1[rows])
-            nngp[rows], ntk[rows] = self._recursion(x1[rows] @ x2.T, diag1, diag2, x1.shape[1])
+        with jax.enable_x64(True):
+            x2j = jnp.asarray(x2)
+            for start in range(0, x1.shape[0], _KERNEL_BLOCK_ROWS):
+                rows = slice(start, start + _KERNEL_BLOCK_ROWS)
+                k, theta = _kernel_recursion(jnp.asarray(x1[rows]), x2j, **self._static())
+                nngp[rows], ntk[rows] = np.asarray(k), np.asarray(theta)
         return nngp, ntk
 
     def kernel_diagonals(self, x) -> tuple[np.ndarray, np.ndarray]:
         """Diagonals of `kernels(x, x)` without forming the (n, n) matrices: (n,), (n,)."""
         x = self._check_inputs(x, "x")
-        d = x.shape[1]
-        k = self.weight_var * np.einsum("ij,ij->i", x, x) / d + self.bias_var
-        theta = k
-        dual = _DUALS[self.activation]
-        for _ in range(self.depth):
-            e_phi, e_dphi = dual(k, k, k)
-            k_next = self.weight_var * e_phi + self.bias_var
-            theta = k_next + self.weight_var * e_dphi * theta
-            k = k_next
-        return k, theta
+        with jax.enable_x64(True):
+            k, theta = _diagonal_recursion(jnp.asarray(x), **self._static())
+            return np.asarray(k), np.asarray(theta)
 
-    def _diagonal_nngp_layers(self, x) -> list[np.ndarray]:
-        """K^l(x, x) for l = 1..depth (the inputs to each nonlinearity): list of (n,)."""
-        d = x.shape[1]
-        k = self.weight_var * np.einsum("ij,ij->i", x, x) / d + self.bias_var
-        out = [k]
-        dual = _DUALS[self.activation]
-        for _ in range(self.depth - 1):
-            e_phi, _ = dual(k, k, k)
-            k = self.weight_var * e_phi + self.bias_var
-            out.append(k)
-        return out
-
-    def _recursion(self, dot, diag1, diag2, d):
-        dual = _DUALS[self.activation]
-        k = self.weight_var * dot / d + self.bias_var
-        theta = k
-        for layer in range(self.depth):
-            e_phi, e_dphi = dual(diag1[layer][:, None], diag2[layer][None, :], k)
-            k_next = self.weight_var * e_phi + self.bias_var
-            theta = k_next + self.weight_var * e_dphi * theta
-            k = k_next
-        return k, theta
+    def _static(self):
+        return dict(
+            activation=self.activation,
+            depth=int(self.depth),
+            weight_var=float(self.weight_var),
+            bias_var=float(self.bias_var),
+        )
 
     @staticmethod
     def _check_inputs(x, name):
