@@ -268,3 +268,14 @@ def test_learning_rate_above_critical_warns(net, problem):
         tdntk.TDNTK(net, data, 1.01 * crit)
     with pytest.warns(tdntk.LearningRateWarning, match="diverges"):
         tdntk.TDNTK(net, data, 10 * crit, time="discrete")
+
+
+@pytest.mark.parametrize("target", [None, SoftTarget(0.1)])
+def test_row_blocks_of_test_inputs_change_nothing(net, problem, target, monkeypatch):
+    data, x_test = problem
+    model = tdntk.TDNTK(net, data, LR, target=target)
+    whole = model.predict(x_test, [3.0, np.inf])
+    monkeypatch.setattr(tdntk.predict, "_TEST_BLOCK_ROWS", 2)  # 5 test inputs -> 3 blocks
+    blocked = model.predict(x_test, [3.0, np.inf])
+    np.testing.assert_allclose(blocked.mean, whole.mean, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(blocked.cov, whole.cov, rtol=1e-12, atol=1e-14)

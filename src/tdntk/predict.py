@@ -28,6 +28,9 @@ from .dynamics import SoftTarget, TDDynamics, check_times
 
 __all__ = ["TDNTK", "Prediction", "KernelFn"]
 
+# Rows of x_test per kernel call: bounds the raw (rows, n + n k) kernel blocks.
+_TEST_BLOCK_ROWS = 2048
+
 KernelFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
@@ -128,11 +131,21 @@ class TDNTK:
             raise ValueError("x_test contains NaN or infinite values")
         return x_test
 
-    def _test_kernels(self, x_test):
-        nngp, ntk = self.kernel_fn(x_test, self._train_inputs)
+    def _test_blocks(self, x_test):
+        """Test-train kernels reduced as they are computed, in row blocks of x_test.
+
+        Returns (test_kernel (m, n) for `z_coefficients`, C in the basis (n, m)),
+        so memory stays O(m n) however large the raw (m, n + n k) kernel blocks.
+        """
         n = self.data.n
-        nngp, ntk = np.asarray(nngp, np.float64), np.asarray(ntk, np.float64)
-        return nngp[:, :n], nngp[:, n:], self.dynamics.test_kernel(ntk[:, :n], ntk[:, n:])
+        test_kernel, c = [], []
+        for start in range(0, x_test.shape[0], _TEST_BLOCK_ROWS):
+            nngp, ntk = self.kernel_fn(x_test[start : start + _TEST_BLOCK_ROWS], self._train_inputs)
+            nngp, ntk = np.asarray(nngp, np.float64), np.asarray(ntk, np.float64)
+            test_kernel.append(self.dynamics.test_kernel(ntk[:, :n], ntk[:, n:]))
+            # C^T = K(X*, X) - K(X*, X'') P^T G
+            c.append((nngp[:, :n] - self.data.bellman(nngp[:, n:].T).T).T)
+        return np.concatenate(test_kernel), self._to_basis(np.concatenate(c, axis=1))
 
     def predict(self, x_test, t, full_cov: bool = True) -> Prediction:
         """Ensemble mean and covariance of Q(x_test) after training time(s) t (eq. 10/52).
@@ -140,15 +153,14 @@ class TDNTK:
         Args:
             x_test: (m, d) inputs X*.
             t: scalar or (T,) times >= 0; np.inf gives the converged ensemble.
-            full_cov: return the (T, m, m) covariance; otherwise only the variance.
+            full_cov: return the (T, m, m) covariance; otherwise only the variance,
+                with memory O(m n) (use it for many test inputs).
         Returns:
             `Prediction` with mean (T, m), var (T, m) and cov (T, m, m) or None.
         """
         x_test = self._check_test(x_test)
         times = check_times(t, self.dynamics.time)
-        k_tx, k_tn, test_kernel = self._test_kernels(x_test)
-        # C^T = K(X*, X) - K(X*, X'') P^T G, in the basis: (n, m)
-        c = self._to_basis((k_tx - self.data.bellman(k_tn.T).T).T)
+        test_kernel, c = self._test_blocks(x_test)
         if full_cov:
             prior, _ = self.kernel_fn(x_test, x_test)
             prior = np.asarray(prior, np.float64)
@@ -201,7 +213,7 @@ class TDNTK:
         q0_x = _vector("q0_x", q0_x, n)
         q0_next = _vector("q0_next", q0_next, n * self.data.k)
         residual = self._to_basis(self.data.reward - q0_x + self.data.bellman(q0_next))
-        _, _, test_kernel = self._test_kernels(x_test)
+        test_kernel, _ = self._test_blocks(x_test)
         out = np.empty((times.size, x_test.shape[0]))
         for i, ti in enumerate(times):
             out[i] = q0_test + self.dynamics.z_coefficients(test_kernel, ti) @ residual
