@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tdntk demo
+	$(VENV)/bin/tdntk toy --preset quick --out runs/toy
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -12,7 +12,6 @@ import click
 
 # name -> "module:attribute" of a click command
 _COMMANDS = {
-    "demo": "tdntk.experiments.demo:command",
     "toy": "tdntk.experiments.toy:command",
     "cartpole": "tdntk.experiments.cartpole:command",
     "collect": "tdntk.datasets.cli:collect_command",
