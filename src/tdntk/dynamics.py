@@ -265,7 +265,7 @@ class TDDynamics:
         if self.time == "continuous":
             return np.where(l > 0, -np.expm1(-eta * safe * t) / safe, eta * t)
         step = 1.0 - eta * l
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             stable = np.abs(step) < 1
             decay = np.where(
                 stable & (step > 0),
