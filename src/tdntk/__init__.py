@@ -6,12 +6,14 @@ Importing tdntk changes no global state: float64 is taken locally (NumPy/SciPy
 for the closed form, ``jax.enable_x64`` scopes for the networks).
 """
 
+from . import envs  # registers gymnasium's "tdntk/ToyChain-v0"
 from .data import Transitions, discounts
 from .dynamics import LearningRateWarning, SoftTarget, TDDynamics
 from .nets import MLP
 from .predict import TDNTK, Prediction
 
 __all__ = [
+    "envs",
     "MLP",
     "Transitions",
     "discounts",
