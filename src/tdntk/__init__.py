@@ -2,18 +2,28 @@
 
 Implements "Wide neural network training dynamics for reinforcement learning"
 (the paper in ../shared/paper) and the conventions of ../shared/notes/math.md.
-Importing tdntk changes no global state: float64 is taken locally (NumPy/SciPy
-for the closed form, ``jax.enable_x64`` scopes for the networks).
+Gymnasium (which installs a warning filter of its own when imported) is only
+imported by the modules that need it: ``import tdntk.envs`` registers
+``gymnasium.make("tdntk/ToyChain-v0")``.  Importing tdntk changes no global
+state: float64 is taken locally (NumPy/SciPy for the closed form,
+``jax.enable_x64`` scopes for the networks).
 """
 
-from . import envs  # registers gymnasium's "tdntk/ToyChain-v0"
 from .data import Transitions, discounts
 from .dynamics import LearningRateWarning, SoftTarget, TDDynamics
+from .empirical import (
+    EmpiricalKernels,
+    empirical_ntk,
+    linearisation,
+    linearised_ensemble,
+    linearised_q,
+    parameter_trajectory,
+)
 from .nets import MLP
 from .predict import TDNTK, Prediction
+from .training import EnsembleResult, init_ensemble, train_ensemble
 
 __all__ = [
-    "envs",
     "MLP",
     "Transitions",
     "discounts",
@@ -22,5 +32,14 @@ __all__ = [
     "TDNTK",
     "Prediction",
     "LearningRateWarning",
+    "train_ensemble",
+    "init_ensemble",
+    "EnsembleResult",
+    "EmpiricalKernels",
+    "empirical_ntk",
+    "linearisation",
+    "linearised_q",
+    "linearised_ensemble",
+    "parameter_trajectory",
 ]
 __version__ = "0.1.0"
