@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -281,3 +282,28 @@ def test_default_record_steps_and_input_validation():
     for change, message in bad:
         with pytest.raises(ValueError, match=message):
             train_ensemble(SMALL, data, **{**base, **change})
+
+
+@pytest.mark.parametrize("tau", [None, 0.1])
+def test_learning_rate_above_critical_rate_warns(tau):
+    """The warning fires above 2 / (l_max + l_min) (eq. 11) and not below it.
+
+    Reference eigenvalues from the dense Theta_bar = (A - G P B) Theta (A - G P B)^T
+    with A, B selecting X and X'' (single network; eq. 9), or Theta_XX (target).
+    """
+    data, x_eval = make_problem()
+    n = data.n
+    x = np.concatenate([data.x, data.x_next_flat])
+    ntk = np.asarray(SMALL.kernels(x, x)[1])
+    if tau is None:
+        delta = np.concatenate([np.eye(n), -dense_gp(data)], axis=1)
+        ntk = delta @ ntk @ delta.T
+    evals = np.linalg.eigvalsh(ntk[:n, :n])
+    critical = 2.0 / (evals[0] + evals[-1])
+    target = None if tau is None else SoftTarget(tau)
+    base = dict(steps=1, members=1, x_eval=x_eval, target=target, progress=False)
+    with pytest.warns(tdntk.LearningRateWarning, match="train_ensemble: learning_rate"):
+        train_ensemble(SMALL, data, learning_rate=1.01 * critical, **base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tdntk.LearningRateWarning)
+        train_ensemble(SMALL, data, learning_rate=0.99 * critical, **base)

@@ -36,6 +36,7 @@ import functools
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .data import Transitions
-from .dynamics import LOSSES, SoftTarget
+from .dynamics import LOSSES, LearningRateWarning, SoftTarget, TDDynamics
 from .io import save_npz
 from .nets import MLP
 
@@ -64,6 +65,9 @@ CHECKPOINT_NAME = "checkpoint.npz"
 # Wall time one compiled call should take, so that the progress bar moves and an
 # interruption loses little; results do not depend on how steps are split.
 _SECONDS_PER_CALL = 1.0
+# Above this many kernel inputs n (1 + k), train_ensemble skips the learning-rate
+# check (one n x n eigendecomposition; ~1 s at 4096 on a 2-core CPU).
+_RATE_CHECK_MAX_INPUTS = 4096
 
 
 @dataclass(frozen=True)
@@ -364,6 +368,7 @@ def train_ensemble(
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
     record_steps = _check_record_steps(record_steps, steps)
+    _warn_learning_rate(net, data, float(learning_rate), target, loss)
     spec = _Spec(
         net=net,
         learning_rate=float(learning_rate),
@@ -401,6 +406,32 @@ def train_ensemble(
             spec, data, steps, members, x_eval, record_steps, record_params, dtype,
             checkpoint_dir, resume, progress, params0, fingerprint,
         )  # fmt: skip
+
+
+def _warn_learning_rate(net: MLP, data: Transitions, learning_rate, target, loss: str) -> None:
+    """Warn when eta exceeds the critical rate (eq. 11) of the analytic NTK on `data`.
+
+    Wide networks' empirical NTKs are close to the analytic one, so this is the
+    rate at which their TD gradient descent stops following gradient flow (or,
+    above ``2 / l_max``, diverges). Skipped for more than
+    `_RATE_CHECK_MAX_INPUTS` kernel inputs.
+    """
+    n = data.n
+    if n * (1 + data.k) > _RATE_CHECK_MAX_INPUTS:
+        return
+    x = np.concatenate([data.x, data.x_next_flat])
+    ntk = np.asarray(net.kernels(x, x)[1], np.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LearningRateWarning)
+        TDDynamics(ntk[:n, :n], ntk[:n, n:], ntk[n:, n:], data, learning_rate, target, loss=loss)
+    for w in caught:
+        if issubclass(w.category, LearningRateWarning):
+            warnings.warn(
+                f"train_ensemble: {w.message} (analytic NTK of `net` on `data`); "
+                "lower learning_rate if the members diverge",
+                LearningRateWarning,
+                stacklevel=3,
+            )
 
 
 # ---------------------------------------------------------------------- the loop

@@ -331,6 +331,7 @@ def _train_nns(cfg, data: Transitions, x_eval, eta, steps, seed):
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # overflow of a diverging run
+        warnings.simplefilter("ignore", LearningRateWarning)  # the report gives the rates
         res = train_ensemble(
             cfg.net, data, eta, steps, cfg.members, x_eval, seed=seed, progress=cfg.progress
         )
