@@ -66,7 +66,7 @@ CHECKPOINT_NAME = "checkpoint.npz"
 # interruption loses little; results do not depend on how steps are split.
 _SECONDS_PER_CALL = 1.0
 # Above this many kernel inputs n (1 + k), train_ensemble skips the learning-rate
-# check (one n x n eigendecomposition; ~1 s at 4096 on a 2-core CPU).
+# check (analytic NTK on the inputs + one n x n eigh: ~3 s at 4096 on a 2-core CPU).
 _RATE_CHECK_MAX_INPUTS = 4096
 
 
@@ -343,6 +343,9 @@ def train_ensemble(
         member_map: "auto", "vmap" or "map" (module docstring).
     Returns:
         `EnsembleResult`.
+    Warns:
+        `LearningRateWarning` when `learning_rate` exceeds the critical rate (eq. 11)
+        of the analytic NTK on `data` (checked up to `_RATE_CHECK_MAX_INPUTS` inputs).
     """
     if not isinstance(net, MLP):
         raise TypeError(f"net must be an MLP, got {type(net).__name__}")
