@@ -14,6 +14,8 @@ tdntk.dynamics is used by the references (GP is built densely here).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.integrate
@@ -264,9 +266,16 @@ def test_critical_learning_rate_is_eq_11(net, problem):
 def test_learning_rate_above_critical_warns(net, problem):
     data, _ = problem
     crit = tdntk.TDNTK(net, data, LR).critical_learning_rate
+    with warnings.catch_warnings():  # just below the rate: silent
+        warnings.simplefilter("error")
+        tdntk.TDNTK(net, data, 0.99 * crit)
+        tdntk.TDNTK(net, data, 0.99 * crit, time="discrete")
     with pytest.warns(tdntk.LearningRateWarning, match="critical rate"):
         tdntk.TDNTK(net, data, 1.01 * crit)
-    with pytest.warns(tdntk.LearningRateWarning, match="diverges"):
+    with (
+        pytest.warns(tdntk.LearningRateWarning, match="diverges"),
+        pytest.warns(tdntk.DivergenceWarning, match="eta l_max"),
+    ):
         tdntk.TDNTK(net, data, 10 * crit, time="discrete")
 
 

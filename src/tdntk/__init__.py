@@ -10,7 +10,7 @@ state: float64 is taken locally (NumPy/SciPy for the closed form,
 """
 
 from .data import Transitions, discounts
-from .dynamics import LearningRateWarning, SoftTarget, TDDynamics
+from .dynamics import DivergenceWarning, LearningRateWarning, SoftTarget, TDDynamics
 from .empirical import (
     EmpiricalKernels,
     empirical_ntk,
@@ -32,6 +32,7 @@ __all__ = [
     "TDNTK",
     "Prediction",
     "LearningRateWarning",
+    "DivergenceWarning",
     "train_ensemble",
     "init_ensemble",
     "EnsembleResult",

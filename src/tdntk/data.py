@@ -70,6 +70,8 @@ class Transitions:
         x_next = _float_array("x_next", self.x_next, (2, 3))
         discount = _float_array("discount", self.discount, (1,))
         n, d = x.shape
+        if n == 0:
+            raise ValueError("Transitions.x: the dataset is empty (0 transitions); give n >= 1")
         if x_next.ndim == 2:
             x_next = x_next[:, None, :]
         for name, arr in (("reward", reward), ("x_next", x_next), ("discount", discount)):

@@ -1,31 +1,52 @@
 """Linearised TD dynamics: NTK blocks in, the matrix Z_t of the notes out.
 
-Every case has the solution (notes, "One structure for every case")
+Every case has the solution (theory page, "One structure for every case")
 
     Q_t(X*) = Q_0(X*) + Z_t (r - Q_0(X) + G P Q_0(X''))                   (*)
 
 and this module computes Z_t from kernel blocks alone; it knows nothing of
 networks, so the same code serves analytic (infinite-width) and empirical
 (finite-width) kernels.  Z_t is returned factored as ``Z_t = coef_t @ basis.T``
-so that one eigendecomposition serves every t.
+with an orthonormal (n, r) basis of the range of the driving kernel, so that
+one eigendecomposition serves every t and repeated inputs (a singular kernel)
+cost nothing.
 
 Cases (t counts gradient steps at learning rate eta):
 
-* single Q-network (paper sec. 4.1, eq. 8-10): ``Theta_bar = D D^T`` with
-  ``D = U - G P V`` and ``Z_t = (Theta_*X - Theta_*X'' P^T G) F_t``,
-  ``F_t = Q f_t(l) Q^T``, ``f_t(l) = -expm1(-eta l t) / l`` (limit eta t);
-  discrete GD: ``f_k(l) = (1 - (1 - eta l)^k) / l``.
-* primary + soft target (sec. 4.2, eq. 13-17, app. B): duals
-  ``d/dt [alpha; beta] = M [alpha; beta] + [I; 0] c``, ``c = -eta rhat``,
-  ``M = [[-eta Theta_XX, eta G P Theta_X''X], [tau I, -tau I]]``, so
-  ``[alpha_t; beta_t] = W_t c`` with ``W_t = int_0^t exp(M s) ds [I; 0]``,
-  read off one exponential of the augmented matrix ``[[M, [I; 0]], [0, 0]]``
-  (Van Loan).  ``Z_t = eta Theta_*X W_t[:n]``; this equals eq. 15/49 but needs
-  no inverse and no 1/tau, so tau = 0 (a frozen target) works.  Discrete
-  time: the affine map of eq. 12 applied k times.
+* single Q-network, the **residual-gradient** estimator (paper sec. 4.1,
+  eq. 8-10; gradients through both Q(X) and Q(X''), Baird's residual
+  gradient): ``Theta_bar = D D^T`` with ``D = U - G P V``; on its range
+  ``Theta_bar = Q diag(l) Q^T`` and ``Z_t = (Theta_*X - Theta_*X'' P^T G) Q f_t(l) Q^T``,
+  ``f_t(l) = -expm1(-eta l t) / l``; discrete GD: ``f_k(l) = (1 - (1 - eta l)^k) / l``;
+  t = inf: ``1 / l`` (the pseudo-inverse).  It minimises the squared Bellman
+  residual: biased when one input has several observed next inputs.
+* primary + soft target network, the **TD** estimator (semi-gradient TD;
+  sec. 4.2, eq. 13-17, app. B).  Only ``U^T alpha`` matters, so the duals are
+  solved on the range of ``Theta_XX = Q L Q^T`` (``alpha = Q a``, ``beta = Q b``):
+
+      d/dt [a; b] = M [a; b] + [I; 0] c,    c = -eta Q^T rhat,
+      M = [[-eta L, eta S], [tau I, -tau I]],    S = Q^T G P Theta_X''X Q,
+
+  so ``[a_t; b_t] = W_t c`` with ``W_t = int_0^t exp(M s) ds [I; 0]`` read off
+  one exponential of the augmented matrix ``[[M, [I; 0]], [0, 0]]`` (Van Loan)
+  at a moderate time and squared up to t (``W_2t = W_t + E_t W_t``); then
+  ``Z_t = eta Theta_*X Q W_t[:r] Q^T``.  This equals eq. 15/49 but needs no
+  inverse and no 1/tau, so tau = 0 (a frozen target) works.  Discrete time:
+  eq. 12's affine step map applied k times (binary powers).  t = inf, tau > 0:
+  ``a = -(L - S)^{-1} Q^T rhat``, i.e. the minimum-norm solution
+  ``alpha = -(Theta_XX A)^+ Theta_XX rhat`` with ``A = Theta_XX - G P Theta_X''X``
+  (``A = A Q Q^T`` and ``Q^T A Q = L - S``): the averaged Bellman equation
+  holds at every distinct input (certainty equivalence on tabular data).
+
+Stability: the residual gradient converges in continuous time and diverges in
+discrete time iff ``eta l_max >= 2``.  TD with a target network can diverge at
+any learning rate (the deadly triad): it converges iff every eigenvalue of M
+has negative real part (discrete time: the step map's spectral radius < 1).
+A diverging case warns with `DivergenceWarning` at construction and gives NaN
+at t = inf; finite t are still computed exactly.
 
 Shapes: n transitions, k next inputs per transition (X'' has n k rows),
-m test inputs, T times.
+r <= n range dimension, m test inputs, T times.
 """
 
 from __future__ import annotations
@@ -42,15 +63,24 @@ __all__ = [
     "SoftTarget",
     "TDDynamics",
     "LearningRateWarning",
+    "DivergenceWarning",
     "check_times",
 ]
 
 TIMES = ("continuous", "discrete")
 LOSSES = ("sum", "mean")
+_EPS = np.finfo(np.float64).eps
+# An eigenvalue of M with real part above this fraction of max |lambda| counts as
+# divergence (slower growth is below what double precision resolves in the spectrum).
+DIVERGENCE_RTOL = float(np.sqrt(_EPS))
 
 
 class LearningRateWarning(UserWarning):
     """The learning rate is above the critical rate of eq. 11 or the GD stability bound."""
+
+
+class DivergenceWarning(UserWarning):
+    """The linearised TD dynamics diverge (or have no unique fixed point): t = inf is NaN."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +123,18 @@ def _check_square(name, a, n):
     return a
 
 
+def range_basis(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eigenvalues (n,) clipped at 0, and the range: eigenvalues (r,) and basis (n, r).
+
+    The numerical null space is ``l <= n eps l_max`` (the rank tolerance of
+    `numpy.linalg.matrix_rank`); repeated inputs put their differences there.
+    """
+    evals, vecs = np.linalg.eigh(0.5 * (kernel + kernel.T))
+    evals = np.maximum(evals, 0.0)
+    keep = evals > evals.size * _EPS * max(evals[-1], 0.0)
+    return evals, evals[keep], vecs[:, keep]
+
+
 class TDDynamics:
     """Closed-form linearised TD dynamics built once from the NTK on the data.
 
@@ -102,11 +144,21 @@ class TDDynamics:
         ntk_nn: (n k, n k) Theta(X'', X'').
         data: the transitions (only the discounts and next weights are used).
         learning_rate: eta > 0.
-        target: ``None`` for a single Q-network, or a `SoftTarget`.
+        target: ``None`` for a single Q-network (residual gradient), or a
+            `SoftTarget` (TD with a target network).
         time: "continuous" (gradient flow, the paper) or "discrete" (exact
             linearised gradient descent, t integer).
         loss: "sum" (paper eq. 6/14) or "mean" (divides the loss by n, which
             is the same as learning rate eta / n).
+
+    Attributes:
+        eigenvalues: (n,) spectrum of the driving kernel (Theta_bar, or Theta_XX
+            with a target network), ascending, clipped at 0.
+        basis: (n, r) orthonormal basis of its numerical range.
+        converges: whether the dynamics have a limit as t -> inf.
+        growth: the number that decides it: the largest real part of M's
+            eigenvalues (continuous, target), the spectral radius of the step
+            map (discrete), or ``eta l_max`` (discrete, single network).
     """
 
     def __init__(
@@ -131,7 +183,10 @@ class TDDynamics:
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if time == "discrete" and target is not None and target.tau > 1:
-            raise ValueError(f"SoftTarget.tau must be <= 1 with time='discrete', got {target.tau}")
+            raise ValueError(
+                f"SoftTarget.tau must be <= 1 with time='discrete' (a fraction per step, "
+                f"eq. 12), got {target.tau}; in continuous time tau is a rate and may exceed 1"
+            )
         n, nk = data.n, data.n * data.k
         self.data = data
         self.learning_rate = float(learning_rate)
@@ -144,22 +199,33 @@ class TDDynamics:
         xn = np.asarray(ntk_xn, dtype=np.float64)
         if xn.shape != (n, nk):
             raise ValueError(f"TDDynamics: ntk_xn must have shape ({n}, {nk}), got {xn.shape}")
-        self.ntk_xx = xx
         # G P Theta(X'', X): (n, n), the bootstrapped block of eq. 17.
-        self.gp_ntk_nx = data.bellman(xn.T)
+        gp_ntk_nx = data.bellman(xn.T)
         if target is None:
             # eq. 9/30: Theta_bar = Theta_XX - Theta_XX'' (GP)^T - GP Theta_X''X + GP Theta'' (GP)^T
             gp_nn_gp = data.bellman(data.bellman(nn).T)
-            theta_bar = xx - self.gp_ntk_nx - self.gp_ntk_nx.T + gp_nn_gp
-            theta_bar = 0.5 * (theta_bar + theta_bar.T)
-            evals, self.basis = np.linalg.eigh(theta_bar)
-            self.eigenvalues = np.maximum(evals, 0.0)
-            self.theta_bar = theta_bar
+            driving = xx - gp_ntk_nx - gp_ntk_nx.T + gp_nn_gp
         else:
+            driving = xx
+        self.eigenvalues, self._l, self.basis = range_basis(driving)
+        if target is not None:
+            self._s = self.basis.T @ gp_ntk_nx @ self.basis  # S (r, r)
             self._cache: dict[float, tuple[np.ndarray, np.ndarray]] = {}
             self._step = self._discrete_step() if time == "discrete" else None
-            self.eigenvalues = np.maximum(np.linalg.eigvalsh(0.5 * (xx + xx.T)), 0.0)
+            self._fixed: np.ndarray | None = None
+        self.growth, self.converges, cause = self._stability()
         self._warn_learning_rate()
+        if not self.converges:
+            warnings.warn(
+                f"{cause}; the prediction at t = inf is NaN (finite t are computed exactly)",
+                DivergenceWarning,
+                stacklevel=3,
+            )
+
+    @property
+    def rank(self) -> int:
+        """r: the dimension of the driving kernel's numerical range."""
+        return self.basis.shape[1]
 
     # ------------------------------------------------------------------ stability
     @property
@@ -167,7 +233,8 @@ class TDDynamics:
         """eq. 11: ``2 / (l_max + l_min)`` of the driving kernel, in the `loss` convention.
 
         The driving kernel is Theta_bar (eq. 9) for a single network and
-        Theta_XX (the primary network's regression kernel) with a target network.
+        Theta_XX (the primary network's regression kernel) with a target network;
+        with a target network this does not decide convergence (see `converges`).
         """
         l = self.eigenvalues
         return float(2.0 / (l[-1] + l[0]) * (self.learning_rate / self.eta))
@@ -177,6 +244,37 @@ class TDDynamics:
         """``2 / l_max``: above it discrete (linearised) gradient descent diverges."""
         return float(2.0 / self.eigenvalues[-1] * (self.learning_rate / self.eta))
 
+    def _stability(self) -> tuple[float, bool, str]:
+        """(growth, converges, cause): see the class attributes."""
+        eta_lmax = self.eta * (self._l[-1] if self._l.size else 0.0)
+        tau = None if self.target is None else self.target.tau
+        if tau is None or tau == 0:  # the primary regresses onto a fixed target
+            if self.time == "continuous":
+                return -self.eta * (self._l[0] if self._l.size else 0.0), True, ""
+            return eta_lmax, eta_lmax < 2, (
+                f"eta l_max = {eta_lmax:.4g} >= 2: gradient descent on the linearised network "
+                f"diverges (learning_rate above 2 / l_max = {self.max_stable_learning_rate:.4g})"
+            )
+        if self.time == "continuous":
+            lam = np.linalg.eigvals(self._generator())
+            growth = float(lam.real.max())
+            tol = DIVERGENCE_RTOL * float(np.abs(lam).max())
+            return growth, growth <= tol, (
+                f"TD with a target network diverges on this data: the generator M has an "
+                f"eigenvalue with real part {growth:.3g} > 0 (the deadly triad; eq. 11's rate "
+                "does not prevent it). The residual-gradient estimator (target=None) always "
+                "converges"
+            )
+        if tau == 1:  # the target copies the primary: the step map acts like I - eta (L - S)
+            step = np.eye(self.rank) - self.eta * (np.diag(self._l) - self._s)
+            radius = float(np.abs(np.linalg.eigvals(step)).max()) if self.rank else 0.0
+        else:
+            radius = float(np.abs(np.linalg.eigvals(self._step[0])).max()) if self.rank else 0.0
+        return radius, radius <= 1 + DIVERGENCE_RTOL, (
+            f"TD with a target network diverges in discrete time on this data: the step map "
+            f"of eq. 12 has spectral radius {radius:.6g} > 1 (eta l_max = {eta_lmax:.4g})"
+        )
+
     def _warn_learning_rate(self):
         if self.learning_rate >= self.max_stable_learning_rate:
             warnings.warn(
@@ -184,7 +282,7 @@ class TDDynamics:
                 f"{self.max_stable_learning_rate:.4g}: discrete (linearised) gradient descent "
                 "diverges at this rate, and continuous time does not describe it",
                 LearningRateWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         elif self.learning_rate > self.critical_learning_rate:
             warnings.warn(
@@ -192,14 +290,14 @@ class TDDynamics:
                 f"{self.critical_learning_rate:.4g} of eq. 11: gradient descent may not follow "
                 "the continuous-time dynamics",
                 LearningRateWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     # ------------------------------------------------------------------ Z_t
     def test_kernel(self, ntk_tx, ntk_tn) -> np.ndarray:
-        """The test-train NTK that Z_t multiplies, in the basis of `z_coefficients`: (m, n).
+        """The test-train NTK that Z_t multiplies, in the basis: (m, r).
 
-        Single network: ``(Theta_*X - Theta_*X'' P^T G) Q``; target: ``Theta_*X``.
+        Single network: ``(Theta_*X - Theta_*X'' P^T G) Q``; target: ``Theta_*X Q``.
 
         Args:
             ntk_tx: (m, n) Theta(X*, X).
@@ -215,113 +313,131 @@ class TDDynamics:
                 f"ntk_tn must have shape ({ntk_tx.shape[0]}, {nk}), got {ntk_tn.shape}"
             )
         if self.target is not None:
-            return ntk_tx
+            return ntk_tx @ self.basis
         return (ntk_tx - self.data.bellman(ntk_tn.T).T) @ self.basis
 
     @property
-    def z_basis(self) -> np.ndarray | None:
-        """The orthogonal basis R with ``Z_t = coef_t @ R.T`` (None: the identity)."""
-        return self.basis if self.target is None else None
+    def z_basis(self) -> np.ndarray:
+        """The orthonormal basis Q (n, r) with ``Z_t = coef_t @ Q.T``."""
+        return self.basis
 
     def z_coefficients(self, test_kernel: np.ndarray, t: float) -> np.ndarray:
-        """``coef_t`` (m, n) with ``Z_t = coef_t @ z_basis.T`` at one time t (np.inf allowed).
+        """``coef_t`` (m, r) with ``Z_t = coef_t @ z_basis.T`` at one time t (np.inf allowed).
 
         Args:
-            test_kernel: (m, n) from `test_kernel`.
+            test_kernel: (m, r) from `test_kernel`.
         """
         if self.target is None:
             return test_kernel * self.spectral_filter(t)
-        return test_kernel @ self._target_transfer(t)
+        return test_kernel @ self.transfer(t)
 
     def dual(self, t: float, rhat: np.ndarray) -> np.ndarray:
         """Dual variables at time t for the TD error at init ``rhat = Q0 - r - G P Q0''`` (n,).
 
         Returns alpha_t (n,): the parameter displacement is ``omega_t = D^T alpha_t``
         with ``D = U - G P V`` for a single network (eq. 8) and ``D = U`` with a
-        target network (eq. 15).
+        target network (eq. 15); alpha_t lies in the range of the driving kernel.
         """
-        rhat = np.asarray(rhat, dtype=np.float64)
+        coords = self.basis.T @ np.asarray(rhat, dtype=np.float64)
         if self.target is None:
-            return -self.basis @ (self.spectral_filter(t) * (self.basis.T @ rhat))
-        return -self._target_transfer(t) @ rhat
+            return -self.basis @ (self.spectral_filter(t) * coords)
+        return -self.basis @ (self.transfer(t) @ coords)
 
     # ------------------------------------------------------------------ single network
     def spectral_filter(self, t: float) -> np.ndarray:
-        """f_t(l) (n,) on the eigenvalues of Theta_bar, so that ``F_t = Q diag(f_t) Q^T``.
+        """f_t(l) (r,) on the range eigenvalues of Theta_bar: ``F_t = Q diag(f_t) Q^T``.
 
         Continuous: ``-expm1(-eta l t) / l``; discrete: ``(1 - (1 - eta l)^t) / l``;
-        both -> eta t as l -> 0.  t = inf: ``1 / l`` on the range of Theta_bar
-        (eigenvalues above ``n * eps * l_max``) and 0 on its null space, which
-        Z_t never sees.
+        t = inf: ``1 / l`` (NaN everywhere when discrete GD diverges). The null
+        space of Theta_bar (``l <= n eps l_max``) is left out at every t: Z_t never
+        sees it, and large t agree with t = inf.
         """
-        l, eta = self.eigenvalues, self.eta
-        positive = l > l[-1] * l.size * np.finfo(np.float64).eps
-        safe = np.where(positive, l, 1.0)
+        l, eta = self._l, self.eta
         if np.isinf(t):
-            out = np.where(positive, 1.0 / safe, 0.0)
-            if self.time == "discrete" and eta * l[-1] >= 2:
-                out = np.where(positive & (eta * l >= 2), np.nan, out)
-            return out
+            return 1.0 / l if self.converges else np.full_like(l, np.nan)
         if self.time == "continuous":
-            return np.where(l > 0, -np.expm1(-eta * safe * t) / safe, eta * t)
+            return -np.expm1(-eta * l * t) / l
         step = 1.0 - eta * l
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            stable = np.abs(step) < 1
             decay = np.where(
-                stable & (step > 0),
-                -np.expm1(t * np.log1p(-eta * np.where(stable, l, 0.0))),
+                (step > 0) & (step < 1),
+                -np.expm1(t * np.log1p(-eta * np.clip(l, 0, 1 / eta))),
                 1.0 - np.power(step, t),
             )
-        return np.where(l > 0, decay / safe, eta * t)
+        return decay / l
 
     # ------------------------------------------------------------------ target network
-    def _target_transfer(self, t: float) -> np.ndarray:
-        """``eta W_t[:n]`` (n, n): alpha_t = -(this) rhat and Z_t = Theta_*X (this)."""
-        n = self.data.n
+    def transfer(self, t: float) -> np.ndarray:
+        """``T_t = eta W_t[:r]`` (r, r): ``a_t = -T_t Q^T rhat``, ``Z_t = Theta_*X Q T_t Q^T``."""
         if t == 0:
-            return np.zeros((n, n))
+            return np.zeros((self.rank, self.rank))
         if np.isinf(t):
-            return self._target_fixed_point()
+            return self._fixed_point()
         _, w = self._semigroup(float(t))
-        return self.eta * w[:n]
+        return self.eta * w[: self.rank]
 
-    def _target_fixed_point(self) -> np.ndarray:
-        """t = inf: ``eta W_inf[:n] = (Theta_XX - G P Theta_X''X)^{-1}`` (eq. 40-41).
-
-        With tau = 0 the target stays at initialisation and the primary network
-        regresses onto ``r + G P Q0''``: ``Theta_XX^+`` (pseudo-inverse).
-        """
-        if self.target.tau == 0:
-            return np.linalg.pinv(self.ntk_xx, hermitian=True)
-        a = self.ntk_xx - self.gp_ntk_nx
-        try:
-            return np.linalg.solve(a, np.eye(a.shape[0]))
-        except np.linalg.LinAlgError:
-            return np.linalg.pinv(a)
+    def _fixed_point(self) -> np.ndarray:
+        """t = inf: ``(L - S)^{-1}`` (tau > 0) or ``L^{-1}`` (tau = 0, the target stays at
+        initialisation and the primary regresses onto ``r + G P Q0''``); NaN when the
+        dynamics diverge or the system is singular (no unique fixed point)."""
+        if self._fixed is not None:
+            return self._fixed
+        r = self.rank
+        if not self.converges:
+            self._fixed = np.full((r, r), np.nan)
+        elif self.target.tau == 0:
+            self._fixed = np.diag(1.0 / self._l)
+        else:
+            a = np.diag(self._l) - self._s
+            cond = np.linalg.cond(a) if r else 1.0
+            if not cond < 1.0 / (max(r, 1) * _EPS):
+                warnings.warn(
+                    f"the TD fixed-point system Q^T A Q = L - S is singular (condition number "
+                    f"{cond:.3g}): no unique value exists (e.g. gamma = 1 with no terminal "
+                    "transitions); the prediction at t = inf is NaN",
+                    DivergenceWarning,
+                    stacklevel=5,
+                )
+                self._fixed = np.full((r, r), np.nan)
+            else:
+                self._fixed = np.linalg.solve(a, np.eye(r))
+        return self._fixed
 
     def _generator(self) -> np.ndarray:
-        n, eta, tau = self.data.n, self.eta, self.target.tau
-        eye = np.eye(n)
-        return np.block([[-eta * self.ntk_xx, eta * self.gp_ntk_nx], [tau * eye, -tau * eye]])
+        """M (2r, 2r) of the reduced dual dynamics (module docstring)."""
+        eta, tau, eye = self.eta, self.target.tau, np.eye(self.rank)
+        return np.block([[-eta * np.diag(self._l), eta * self._s], [tau * eye, -tau * eye]])
 
     def _discrete_step(self) -> tuple[np.ndarray, np.ndarray]:
-        """One GD step then the soft update (eq. 12): x -> A x + B c on x = [alpha; beta]."""
-        n, eta, tau = self.data.n, self.eta, self.target.tau
-        eye = np.eye(n)
-        primary = np.hstack([eye - eta * self.ntk_xx, eta * self.gp_ntk_nx])
-        target = (1 - tau) * np.hstack([np.zeros((n, n)), eye]) + tau * primary
+        """One GD step then the soft update (eq. 12): x -> A x + B c on x = [a; b]."""
+        r, eta, tau = self.rank, self.eta, self.target.tau
+        eye = np.eye(r)
+        primary = np.hstack([eye - eta * np.diag(self._l), eta * self._s])
+        target = (1 - tau) * np.hstack([np.zeros((r, r)), eye]) + tau * primary
         return np.vstack([primary, target]), np.vstack([eye, tau * eye])
 
     def _exact(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """(E_t, W_t) from scratch: E_t (2n, 2n) homogeneous part, W_t (2n, n) forced part."""
-        n = self.data.n
+        """(E_t (2r, 2r) homogeneous part, W_t (2r, r) forced part) from scratch.
+
+        Continuous: the augmented exponential at ``h = t / 2^j`` with
+        ``||M h||_1 <= 1``, then j squarings (one exponential of a large t loses
+        accuracy: its Pade scaling sees the forcing block t I as well).
+        Discrete: binary powers of the one-step map.
+        """
+        r = self.rank
         if self.time == "continuous":
-            aug = np.zeros((3 * n, 3 * n))
-            aug[: 2 * n, : 2 * n] = self._generator() * t
-            aug[:n, 2 * n :] = np.eye(n) * t
+            m = self._generator()
+            norm = float(np.abs(m).sum(axis=0).max()) if r else 0.0
+            j = max(0, int(np.ceil(np.log2(t * norm)))) if norm * t > 1 else 0
+            h = t / 2.0**j
+            aug = np.zeros((3 * r, 3 * r))
+            aug[: 2 * r, : 2 * r] = m * h
+            aug[:r, 2 * r :] = np.eye(r) * h
             full = scipy.linalg.expm(aug)
-            return full[: 2 * n, : 2 * n], full[: 2 * n, 2 * n :]
-        # discrete: binary powers of the one-step map
+            value = full[: 2 * r, : 2 * r], full[: 2 * r, 2 * r :]
+            for _ in range(j):
+                value = _compose(value, value)
+            return value
         steps = int(t)
         result = None
         power = self._step
@@ -345,7 +461,7 @@ class TDDynamics:
         else:
             parts = [(a, t - a) for a in cache if (t - a) in cache]
             value = _compose(cache[parts[0][0]], cache[parts[0][1]]) if parts else self._exact(t)
-        if len(cache) >= 4:  # bound memory (each entry holds 2n x 3n floats); keep the
+        if len(cache) >= 4:  # bound memory (each entry holds 2r x 3r floats); keep the
             cache.pop(sorted(cache)[1])  # smallest time (a grid step) and the latest ones
         cache[t] = value
         return value

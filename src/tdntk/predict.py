@@ -9,9 +9,12 @@ factorisation are computed at construction), then evaluated at any times:
 The ensemble moments follow from (*) of the notes with Q_0 ~ GP(0, K):
 
     mean_t = Z_t r
-    cov_t  = K** - Z_t C - (Z_t C)^T + Z_t Kbar Z_t^T                    (eq. 10, 52)
+    cov_t  = K** - Z_t C - (Z_t C)^T + Z_t Kbar Z_t^T                    (eq. 52)
     C      = K(X, X*) - G P K(X'', X*)
     Kbar   = Cov[Q0(X) - G P Q0(X'')]
+
+(eq. 10 and 29 print a minus sign on the last term: a typo, plus is right; a
+Monte Carlo check over Q0 ~ N(0, K) agrees with plus.)
 
 Shapes: n transitions, d features, m test inputs, T times.
 """
@@ -120,7 +123,7 @@ class TDNTK:
         return self.dynamics.critical_learning_rate
 
     def _to_basis(self, a):
-        return a if self._basis is None else self._basis.T @ a
+        return self._basis.T @ a
 
     def _check_test(self, x_test):
         x_test = np.asarray(x_test, dtype=np.float64)
@@ -134,7 +137,7 @@ class TDNTK:
     def _test_blocks(self, x_test):
         """Test-train kernels reduced as they are computed, in row blocks of x_test.
 
-        Returns (test_kernel (m, n) for `z_coefficients`, C in the basis (n, m)),
+        Returns (test_kernel (m, r) for `z_coefficients`, C in the basis (r, m)),
         so memory stays O(m n) however large the raw (m, n + n k) kernel blocks.
         """
         n = self.data.n
@@ -174,14 +177,16 @@ class TDNTK:
         for i in np.argsort(times, kind="stable"):
             coef = self.dynamics.z_coefficients(test_kernel, times[i])
             mean[i] = coef @ self._reward
-            zc = coef @ c
             zkz = coef @ self._kbar
             if full_cov:
+                zc = coef @ c
                 cov_i = prior - zc - zc.T + zkz @ coef.T
                 cov[i] = 0.5 * (cov_i + cov_i.T)
                 var[i] = np.diag(cov[i])
-            else:
-                var[i] = prior_var - 2 * np.diag(zc) + np.einsum("mn,mn->m", zkz, coef)
+            else:  # O(m r) memory: only the diagonals of Z C and Z Kbar Z^T
+                var[i] = prior_var - 2 * np.einsum("mr,rm->m", coef, c) + np.einsum(
+                    "mr,mr->m", zkz, coef
+                )
         return Prediction(times, mean, var, cov)
 
     def _prior_variances(self, x_test):
