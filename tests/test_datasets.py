@@ -6,6 +6,8 @@ physics and reward formulas, hand-built encodings, and Minari's DataCollector.
 
 from __future__ import annotations
 
+import json
+
 import gymnasium
 import numpy as np
 import pytest
@@ -71,6 +73,14 @@ def _arrays(n=5):
         (dict(next_actions=np.zeros((5, 1))), r"OfflineData\.next_actions: expected \(n,\)"),
         (dict(next_action_probs=np.full((5, 2), 0.4)), r"next_action_probs: each row must sum"),
         (dict(observations=np.zeros(5)), r"OfflineData\.observations: expected a 2-D"),
+        (
+            dict(observation_space=gymnasium.spaces.Discrete(4)),
+            r"OfflineData\.observation_space: Discrete\(4\) flattens to 4 features",
+        ),
+        (
+            dict(observation_space=gymnasium.spaces.Text(3)),
+            r"OfflineData\.observation_space: cannot flatten the space Text",
+        ),
     ],
 )
 def test_offline_data_errors_name_the_field(change, message):
@@ -100,11 +110,21 @@ def test_npz_round_trip_keeps_every_array_and_the_spaces(tmp_path):
     ):  # fmt: skip
         np.testing.assert_array_equal(getattr(back, name), getattr(data, name), err_msg=name)
     assert back.action_space == gymnasium.spaces.Discrete(2)
-    np.testing.assert_array_equal(back.observation_space.high, data.observation_space.high)
-    # the documented names, read with plain NumPy (docs/datasets.md)
+    # the environment's own (unflattened) space is kept, float32 bounds exactly
+    cartpole = gymnasium.make("CartPole-v1").observation_space
+    assert back.observation_space == cartpole and back.observation_space.dtype == np.float32
+    np.testing.assert_array_equal(back.observation_space.high, cartpole.high)
+    # the documented names, read with plain NumPy and json (docs/datasets.md, version 2)
     with np.load(path) as raw:
-        assert {"observations", "rewards", "action_n", "format_version"} <= set(raw.files)
+        assert {"observations", "rewards", "action_space_json", "format_version"} <= set(raw.files)
+        assert not {"action_n", "observation_low"} & set(raw.files)  # version-1 names
+        assert int(raw["format_version"]) == 2
         np.testing.assert_array_equal(raw["rewards"], data.rewards)
+        action = json.loads(str(raw["action_space_json"]))
+        obs = json.loads(str(raw["observation_space_json"]))
+    assert action == {"type": "Discrete", "n": 2, "start": 0, "dtype": "int64"}
+    assert obs["type"] == "Box" and obs["shape"] == [4] and obs["dtype"] == "float32"
+    np.testing.assert_array_equal(np.asarray(obs["high"], np.float32), cartpole.high)
 
 
 @pytest.mark.parametrize(
@@ -201,12 +221,37 @@ def test_collect_pendulum_box_actions_and_rewards():
     [
         ("NoSuchEnv-v0", r"unknown Gymnasium environment 'NoSuchEnv-v0'"),
         ("CartPole-v9", r"unknown Gymnasium environment 'CartPole-v9'"),
-        ("Blackjack-v1", r"observation space must be a Box"),
+        (gymnasium.spaces.Text(4), r"observation space: cannot flatten the space Text"),
+        (
+            gymnasium.spaces.Sequence(gymnasium.spaces.Discrete(2)),
+            r"observation space: cannot flatten the space Sequence",
+        ),
+        (
+            gymnasium.spaces.Tuple([gymnasium.spaces.Discrete(2), gymnasium.spaces.Text(2)]),
+            r"observation space: cannot flatten the space Text",
+        ),
     ],
 )
 def test_collect_bad_environment(env, message):
+    if isinstance(env, gymnasium.spaces.Space):
+        env = _SpaceEnv(env)
     with pytest.raises(ValueError, match=message):
         collect(env, None, 5)
+
+
+class _SpaceEnv(gymnasium.Env):
+    """An environment with a given observation space (refused before any step)."""
+
+    action_space = gymnasium.spaces.Discrete(2)
+
+    def __init__(self, observation_space):
+        self.observation_space = observation_space
+
+    def reset(self, *, seed=None, options=None):
+        raise AssertionError("collect must refuse the space before resetting")
+
+    def step(self, action):
+        raise AssertionError("collect must refuse the space before stepping")
 
 
 def test_collect_bad_policy_output_names_the_step():

@@ -1,5 +1,8 @@
 """Bring your own data: any Gymnasium environment, offline datasets, value estimates.
 
+* Observation spaces: Box, Discrete, MultiDiscrete, MultiBinary and nested
+  Tuple/Dict; observations are stored flattened with Gymnasium's utilities
+  (`tdntk.datasets.spaces`: flattening, leaf structure, the space JSON).
 * `collect` rolls a policy out in a Gymnasium environment into `OfflineData`;
   `save_npz` / `load_npz` write and read it (format: docs/datasets.md);
   `load_minari` reads a locally stored Minari dataset.

@@ -118,7 +118,8 @@ def _time(value: str) -> float:
     "states_path",
     default=None,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="States to evaluate: a .npz with an (m, obs_dim) array 'observations' (needs --policy).",
+    help="States to evaluate: a .npz with an (m, obs_dim) array 'observations', flattened like "
+    "the data's (needs --policy).",
 )
 @click.option(
     "--ensemble",
@@ -173,7 +174,8 @@ def _time(value: str) -> float:
     "--plot-coordinate",
     default=0,
     show_default=True,
-    help="Observation coordinate on the plot's x axis.",
+    help="State column on the plot's x axis: obs_j (Box observations), or the j-th "
+    "unflattened component (state_index for a Discrete space; docs/datasets.md).",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of subsampling and ensemble.")
 @click.option(
@@ -234,12 +236,7 @@ def evaluate_command(
         else:
             data = load_minari(minari_id)
         states = None if states_path is None else _load_states(states_path)
-        if not 0 <= plot_coordinate < data.obs_dim:
-            raise click.BadParameter(
-                f"must lie in [0, {data.obs_dim}) for {data.obs_dim}-dimensional observations, "
-                f"got {plot_coordinate}",
-                param_hint="--plot-coordinate",
-            )
+        _check_plot_coordinate(plot_coordinate, data)
         result = evaluate(data, cfg, pol, states, progress=progress)
         if policy is not None:
             result.summary["policy"] = policy
@@ -258,6 +255,21 @@ def evaluate_command(
             f"warning: {s['ensemble']['diverged_members']} of {s['ensemble']['members']} finite "
             "networks diverged (NaN/inf); lower --learning-rate",
             err=True,
+        )
+
+
+def _check_plot_coordinate(plot_coordinate: int, data) -> None:
+    """--plot-coordinate indexes the readable state columns (`spaces.readable_names`)."""
+    from .spaces import readable_names
+
+    names = readable_names(data.observation_space, data.obs_dim)
+    if not 0 <= plot_coordinate < len(names):
+        shown = ", ".join(names) if len(names) <= 6 else f"{names[0]}, ..., {names[-1]}"
+        space = "" if data.observation_space is None else f" of {data.observation_space}"
+        raise click.BadParameter(
+            f"must lie in [0, {len(names)}) for the state columns {shown}{space}, "
+            f"got {plot_coordinate}",
+            param_hint="--plot-coordinate",
         )
 
 

@@ -6,6 +6,12 @@ and the environment is reset after either. The policy's action at s' is
 recorded for every transition (also the last one of an episode), so the
 behaviour policy can be evaluated later (SARSA-style). The last transition
 of the data is marked truncated when its episode did not end there.
+
+Observations are flattened with ``gymnasium.spaces.flatten(observation_space,
+obs)`` (a Discrete space gives one-hot rows, a Tuple/Dict its parts
+concatenated) and the policy is called with that flat (o,) float64 vector;
+the data keeps the environment's original observation space
+(``gymnasium.spaces.unflatten`` recovers an observation).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from .policies import (
     check_probs,
     is_stochastic,
 )
+from .spaces import check_space, flatten_one
 
 __all__ = ["collect", "make_env", "check_spaces"]
 
@@ -43,12 +50,9 @@ def make_env(env) -> gymnasium.Env:
 
 
 def check_spaces(env: gymnasium.Env) -> None:
-    """Require a Box observation space and a Discrete or Box action space."""
-    if not isinstance(env.observation_space, gymnasium.spaces.Box):
-        raise ValueError(
-            "collect: the environment's observation space must be a Box, "
-            f"got {env.observation_space}"
-        )
+    """Require an observation space that flattens to a vector (`spaces.check_space`) and a
+    Discrete or Box action space."""
+    check_space(env.observation_space, "collect: the environment's observation space")
     if not isinstance(env.action_space, gymnasium.spaces.Discrete | gymnasium.spaces.Box):
         raise ValueError(
             "collect: the environment's action space must be Discrete or Box, "
@@ -69,7 +73,7 @@ class _Actor:
         self.rng = np.random.default_rng(np.random.SeedSequence([int(seed), 1]))
 
     def act(self, obs: np.ndarray, index: int):
-        """(action, probs (A,) or None) at one observation."""
+        """(action, probs (A,) or None) at one flat (o,) observation."""
         where = f"policy at step {index}"
         if not self.stochastic:
             return check_action(self.policy(obs), self.space, where), None
@@ -89,9 +93,11 @@ def collect(
 
     Args:
         env: a Gymnasium id (``"CartPole-v1"``, ``"module:EnvId"``) or a
-            ``gymnasium.Env`` with a Box observation space and a Discrete or
-            Box action space.
-        policy: ``policy(obs (o,)) -> action``; None is uniformly random over
+            ``gymnasium.Env`` whose observation space is Box, Discrete,
+            MultiDiscrete, MultiBinary or a (nested) Tuple/Dict of these, and
+            whose action space is Discrete or Box.
+        policy: ``policy(obs (o,)) -> action``, called with the flattened
+            observation (``gymnasium.spaces.flatten``); None is uniformly random over
             the action space (seeded). A policy with ``action_probs(obs) -> (A,)``
             (Discrete actions) is sampled from those probabilities with a seeded
             generator, and they are recorded as ``next_action_probs``.
@@ -101,8 +107,9 @@ def collect(
         progress: show a progress bar.
 
     Returns:
-        `OfflineData` with next_actions (and next_action_probs for a stochastic
-        Discrete policy), episode ids and the environment's spaces.
+        `OfflineData` with flattened observations, next_actions (and
+        next_action_probs for a stochastic Discrete policy), episode ids and the
+        environment's (unflattened) spaces.
     """
     n_transitions = int(n_transitions)
     if n_transitions < 1:
@@ -117,15 +124,8 @@ def collect(
     actor = _Actor(policy, action_space, seed)
     env.action_space.seed(int(seed))
     columns = _rollout(env, actor, n_transitions, seed, progress)
-    obs_space = env.observation_space
     return OfflineData(
-        **columns,
-        observation_space=gymnasium.spaces.Box(
-            np.asarray(obs_space.low, np.float64).reshape(-1),
-            np.asarray(obs_space.high, np.float64).reshape(-1),
-            dtype=np.float64,
-        ),
-        action_space=action_space,
+        **columns, observation_space=env.observation_space, action_space=action_space
     )
 
 
@@ -145,13 +145,14 @@ def _rollout(env, actor: _Actor, n: int, seed: int, progress: bool) -> dict:
     }
     probs_rows: list = []
     bar = _progress(n, progress)
+    space = env.observation_space
     obs, _ = env.reset(seed=int(seed))
-    obs = _flat(obs)
+    obs = flatten_one(space, obs)
     action, probs = actor.act(obs, 0)
     episode = 0
     for i in range(n):
         next_obs, reward, terminated, truncated, _ = env.step(_env_action(action, env))
-        next_obs = _flat(next_obs)
+        next_obs = flatten_one(space, next_obs)
         next_action, next_probs = actor.act(next_obs, i + 1)
         ends = bool(terminated) or bool(truncated)
         last = i == n - 1
@@ -171,7 +172,7 @@ def _rollout(env, actor: _Actor, n: int, seed: int, progress: bool) -> dict:
         bar.update(1)
         if ends and not last:
             obs, _ = env.reset()
-            obs = _flat(obs)
+            obs = flatten_one(space, obs)
             action, probs = actor.act(obs, i + 1)
             episode += 1
         else:
@@ -180,10 +181,6 @@ def _rollout(env, actor: _Actor, n: int, seed: int, progress: bool) -> dict:
     columns = {k: np.asarray(v) for k, v in rows.items()}
     columns["next_action_probs"] = np.asarray(probs_rows) if probs_rows else None
     return columns
-
-
-def _flat(obs) -> np.ndarray:
-    return np.asarray(obs, dtype=np.float64).reshape(-1)
 
 
 def _env_action(action, env):

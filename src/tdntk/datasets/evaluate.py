@@ -34,6 +34,7 @@ from ..predict import TDNTK
 from .features import Features, next_inputs, to_transitions
 from .offline import OfflineData, infer_spaces
 from .policies import is_stochastic, load_policy
+from .spaces import components, has_discrete_leaf, readable_columns
 
 __all__ = [
     "EvaluateConfig",
@@ -139,12 +140,14 @@ class ValueEstimate:
     """Per-state values of the evaluated policy.
 
     Attributes:
-        states: (m, o) observations (raw, as in the data).
+        states: (m, o) observations (raw, flattened as in the data).
         value_mean: (m,) TD-NTK ensemble mean of V at time t.
         value_std: (m,) its standard deviation.
         ensemble_mean: (m,) mean over the finite networks, or None.
         ensemble_std: (m,) std over the finite networks (ddof=1), or None.
         summary: settings, data description, learning rates, memory, timings.
+        observation_space: the (unflattened) observation space, or None; names
+            the state columns of `write_evaluation`.
     """
 
     states: np.ndarray
@@ -153,6 +156,7 @@ class ValueEstimate:
     ensemble_mean: np.ndarray | None
     ensemble_std: np.ndarray | None
     summary: dict
+    observation_space: object | None = None
 
 
 # ---------------------------------------------------------------------- memory
@@ -318,7 +322,11 @@ def state_values(model: TDNTK, x_test, weights, t: float, chunk: int) -> tuple[n
 def _test_states(
     data: OfflineData, transitions: Transitions, features, policy, action_space, states
 ):
-    """(states (m, o), x (m, k, d), weights (m, k), source description)."""
+    """(states (m, o), x (m, k, d), weights (m, k), source description).
+
+    From the data, a state repeated with the same inputs and weights (tabular
+    data revisits states) is evaluated once (`_distinct`).
+    """
     if states is not None:
         states = np.asarray(states, dtype=np.float64)
         if states.ndim != 2 or states.shape[1] != data.obs_dim:
@@ -328,6 +336,11 @@ def _test_states(
             )
         if not np.all(np.isfinite(states)):
             raise ValueError("states contain NaN or infinite values")
+        if has_discrete_leaf(data.observation_space):
+            try:
+                components(data.observation_space, states)
+            except ValueError as err:
+                raise ValueError(f"states: {err}") from None
         if policy is None:
             raise ValueError(
                 "states: evaluating given states needs a policy (the behaviour policy's "
@@ -337,16 +350,29 @@ def _test_states(
         return states, x, w, "given states"
     if policy is not None:
         x, w = next_inputs(data.observations, features, policy=policy, action_space=action_space)
-        return data.observations, x, w, "the data's observations"
+        return _distinct(data.observations, x, w, "the data's observations")
     keep = ~data.terminated
     if not np.any(keep):
         raise ValueError("every transition is terminated: no non-terminal next states to evaluate")
-    return (
+    return _distinct(
         data.next_observations[keep],
         transitions.x_next[keep],
         transitions.next_weights[keep],
         "the data's non-terminal next observations (where the behaviour policy is recorded)",
     )
+
+
+def _distinct(states, x, w, source: str):
+    """Rows (states (m, o), x (m, k, d), w (m, k) or None) without repeats, first
+    occurrences in data order; the source says when repeats were dropped."""
+    m = states.shape[0]
+    key = [states, x.reshape(m, -1)] + ([] if w is None else [w])
+    _, first = np.unique(np.concatenate(key, axis=1), axis=0, return_index=True)
+    if first.size == m:
+        return states, x, w, source
+    keep = np.sort(first)
+    source = f"{source}, each distinct one once ({keep.size} of {m})"
+    return states[keep], x[keep], (None if w is None else w[keep]), source
 
 
 def evaluate(
@@ -431,6 +457,7 @@ def evaluate(
             "terminated": int(data.terminated.sum()),
             "truncated": int(data.truncated.sum()),
             "observation_dim": data.obs_dim,
+            "observation_space": str(obs_space),
             "action_space": str(action_space),
             "input_dim": transitions.input_dim,
             "next_inputs_per_transition": transitions.k,
@@ -454,7 +481,7 @@ def evaluate(
         },
         "ensemble": ensemble_info,
     }
-    return ValueEstimate(states, mean, std, ens_mean, ens_std, summary)
+    return ValueEstimate(states, mean, std, ens_mean, ens_std, summary, obs_space)
 
 
 def _policy_label(policy, data: OfflineData) -> str:
@@ -496,11 +523,24 @@ def _finite_ensemble(cfg, transitions, rate, x_test, weights, progress):
 # ---------------------------------------------------------------------- outputs
 def write_evaluation(result: ValueEstimate, out, plot_coordinate: int = 0) -> Path:
     """Write values.csv, values.png and summary.json into the folder `out` (staged: a
-    failure leaves `out` as it was)."""
+    failure leaves `out` as it was).
+
+    values.csv: ``state``, then for a space with Discrete/MultiDiscrete/MultiBinary
+    parts the unflattened components (``state_index`` for a Discrete space;
+    `spaces.component_names`), then ``obs_0 .. obs_{o-1}`` (the flat observation),
+    the values. `plot_coordinate` indexes the readable columns (`spaces.readable_names`:
+    the components, or ``obs_j`` for Box-only spaces).
+    """
     o = result.states.shape[1]
-    if not 0 <= int(plot_coordinate) < o:
-        raise ValueError(f"plot_coordinate must lie in [0, {o}), got {plot_coordinate}")
+    names, readable = readable_columns(result.observation_space, result.states)
+    if not 0 <= int(plot_coordinate) < len(names):
+        raise ValueError(
+            f"plot_coordinate must lie in [0, {len(names)}) (one of {_preview(names)}), "
+            f"got {plot_coordinate}"
+        )
     columns: dict[str, np.ndarray] = {"state": np.arange(len(result.states))}
+    if has_discrete_leaf(result.observation_space):
+        columns.update({name: _integral(readable[:, j]) for j, name in enumerate(names)})
     for j in range(o):
         columns[f"obs_{j}"] = result.states[:, j]
     columns["value_mean"] = result.value_mean
@@ -508,8 +548,9 @@ def write_evaluation(result: ValueEstimate, out, plot_coordinate: int = 0) -> Pa
     if result.ensemble_mean is not None:
         columns["ensemble_mean"] = result.ensemble_mean
         columns["ensemble_std"] = result.ensemble_std
-    png = _plot(result, int(plot_coordinate))
-    summary = dict(result.summary, plot_coordinate=int(plot_coordinate))
+    j = int(plot_coordinate)
+    png = _plot(result, readable[:, j], names[j])
+    summary = dict(result.summary, plot_coordinate=j, plot_x=names[j])
     with io.staged_output_dir(out) as tmp:
         io.write_csv(tmp / "values.csv", columns)
         io.atomic_write_bytes(tmp / "values.png", png)
@@ -517,13 +558,22 @@ def write_evaluation(result: ValueEstimate, out, plot_coordinate: int = 0) -> Pa
     return Path(out)
 
 
-def _plot(result: ValueEstimate, coordinate: int) -> bytes:
-    """Predicted values +- 2 std against one observation coordinate, as PNG bytes."""
+def _integral(column: np.ndarray) -> np.ndarray:
+    """(m,) as int64 when every value is a whole number (state indices read as 3, not 3.0)."""
+    whole = np.all(column == np.round(column)) and np.all(np.abs(column) < 2**53)
+    return column.astype(np.int64) if whole else column
+
+
+def _preview(names: list[str]) -> str:
+    return ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:3])}, ..., {names[-1]}"
+
+
+def _plot(result: ValueEstimate, x: np.ndarray, label: str) -> bytes:
+    """Predicted values +- 2 std against x (m,) (the state column `label`), as PNG bytes."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    x = result.states[:, coordinate]
     t = result.summary["settings"]["t"]
     ax.errorbar(
         x, result.value_mean, yerr=2 * result.value_std, fmt="o", ms=3, alpha=0.6,
@@ -535,7 +585,7 @@ def _plot(result: ValueEstimate, coordinate: int) -> bytes:
             x, result.ensemble_mean, yerr=2 * result.ensemble_std, fmt="s", ms=3, alpha=0.6,
             elinewidth=0.8, label=f"{members} finite networks: mean $\\pm$ 2 std",
         )  # fmt: skip
-    ax.set_xlabel(f"observation coordinate {coordinate}")
+    ax.set_xlabel(label)
     ax.set_ylabel("V(s)")
     ax.set_title(f"Policy: {result.summary['policy']}", fontsize=9)
     ax.legend(fontsize=8)

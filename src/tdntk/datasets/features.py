@@ -1,9 +1,11 @@
 """(state, action) features and `to_transitions`: `OfflineData` -> the `Transitions` of the core.
 
-The Q-network input is ``x = (s, a)`` (paper sec. 3): the observation
-(optionally standardised with dataset statistics) concatenated with the
-action, one-hot for a Discrete space and raw or scaled to [-1, 1] for a
-bounded Box space.
+The Q-network input is ``x = (s, a)`` (paper sec. 3): the flattened
+observation (``gymnasium.spaces.flatten``; its Box coordinates optionally
+standardised with dataset statistics, its one-hot / 0-1 coordinates from
+Discrete, MultiDiscrete and MultiBinary parts kept as they are) concatenated
+with the action, one-hot for a Discrete space and raw or scaled to [-1, 1]
+for a bounded Box space.
 
 Shapes: n transitions, o observation features, a action features,
 A discrete actions, d = o + A or o + a input features, k next inputs.
@@ -19,6 +21,7 @@ import numpy as np
 from ..data import Transitions, discounts
 from .offline import OfflineData, infer_spaces
 from .policies import is_stochastic, policy_actions, policy_probs
+from .spaces import box_mask, flat_dim
 
 __all__ = ["Features", "to_transitions", "next_inputs"]
 
@@ -28,8 +31,8 @@ class Features:
     """Encoder of (state, action) pairs into network inputs x (d,).
 
     Attributes:
-        obs_mean: (o,) subtracted from observations (zeros: raw).
-        obs_scale: (o,) observations are divided by it (ones: raw).
+        obs_mean: (o,) subtracted from flat observations (zeros: raw).
+        obs_scale: (o,) flat observations are divided by it (ones: raw).
         num_actions: A for a Discrete space (one-hot), else None.
         action_start: the Discrete space's first action.
         action_low, action_high: (a,) bounds mapped to [-1, 1] for a Box space,
@@ -48,7 +51,7 @@ class Features:
     @classmethod
     def from_spaces(
         cls,
-        observation_space: gymnasium.spaces.Box,
+        observation_space: gymnasium.spaces.Space,
         action_space: gymnasium.spaces.Discrete | gymnasium.spaces.Box,
         standardize: OfflineData | None = None,
         scale_actions: bool = True,
@@ -56,29 +59,17 @@ class Features:
         """Choose the encoding from the spaces.
 
         Args:
-            observation_space: Box (flattened to o features).
+            observation_space: any space of `tdntk.datasets.spaces` (Box,
+                Discrete, MultiDiscrete, MultiBinary, nested Tuple/Dict),
+                flattened to o = ``gymnasium.spaces.flatdim`` features.
             action_space: Discrete (one-hot) or Box (scaled to [-1, 1] when
                 `scale_actions` and every bound is finite, raw otherwise).
             standardize: data whose observations and next observations give the
-                mean and std that standardise the observation part (a constant
-                feature keeps scale 1); None keeps observations raw.
+                mean and std that standardise the coordinates from Box parts of
+                the observation (a constant feature keeps scale 1); one-hot and
+                0/1 coordinates keep mean 0 and scale 1. None keeps all raw.
         """
-        if not isinstance(observation_space, gymnasium.spaces.Box):
-            raise ValueError(
-                f"Features: observation space must be a Box, got {observation_space!r}"
-            )
-        o = int(np.prod(observation_space.shape))
-        mean, scale = np.zeros(o), np.ones(o)
-        if standardize is not None:
-            if standardize.obs_dim != o:
-                raise ValueError(
-                    f"Features: standardize data has {standardize.obs_dim} observation features "
-                    f"but the observation space has {o}"
-                )
-            both = np.concatenate([standardize.observations, standardize.next_observations])
-            mean = both.mean(axis=0)
-            std = both.std(axis=0)
-            scale = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+        mean, scale = _observation_scaling(observation_space, standardize)
         if isinstance(action_space, gymnasium.spaces.Discrete):
             return cls(
                 mean, scale, num_actions=int(action_space.n), action_start=int(action_space.start)
@@ -92,7 +83,7 @@ class Features:
             return cls(mean, scale, action_dim=low.size)
         raise ValueError(f"Features: action space must be Discrete or Box, got {action_space!r}")
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("obs_mean", "obs_scale", "action_low", "action_high"):
             value = getattr(self, name)
             if value is not None:
@@ -169,6 +160,26 @@ class Features:
         x[:, :, : self.obs_dim] = obs[:, None, :]
         x[:, :, self.obs_dim :] = np.eye(a)[None, :, :]
         return x
+
+
+def _observation_scaling(space, data: OfflineData | None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (o,), scale (o,)): dataset statistics on Box coordinates (`spaces.box_mask`),
+    0 and 1 elsewhere; all 0 and 1 without data."""
+    o = flat_dim(space, "Features: observation space")
+    mean, scale = np.zeros(o), np.ones(o)
+    if data is None:
+        return mean, scale
+    if data.obs_dim != o:
+        raise ValueError(
+            f"Features: standardize data has {data.obs_dim} observation features "
+            f"but the observation space {space} flattens to {o}"
+        )
+    both = np.concatenate([data.observations, data.next_observations])
+    box = box_mask(space)
+    mu, std = both.mean(axis=0), both.std(axis=0)
+    mean = np.where(box, mu, 0.0)
+    scale = np.where(box & (std > 1e-12 * np.maximum(1.0, np.abs(mu))), std, 1.0)
+    return mean, scale
 
 
 def next_inputs(

@@ -8,6 +8,11 @@ does not matter (the discount is 0) and the step's own action fills it; for a
 truncated one it comes from `behaviour_policy` when given, otherwise that
 transition is dropped (its bootstrap target is unknown).
 
+Any observation space of `tdntk.datasets.spaces` is read (Minari stores a
+Tuple/Dict observation as a tuple/dict of arrays per episode): every step is
+flattened with Gymnasium's utilities (`spaces.flatten_batch`) and the
+dataset's original space is kept.
+
 Requires ``pip install 'minari[hdf5]'`` (or the storage backend the dataset uses).
 """
 
@@ -21,6 +26,7 @@ import numpy as np
 
 from .offline import OfflineData
 from .policies import policy_actions
+from .spaces import check_space, flatten_batch
 
 __all__ = ["load_minari"]
 
@@ -54,16 +60,6 @@ def _open_dataset(dataset_id_or_path):
         ) from None
 
 
-def _flat_space(space) -> gymnasium.spaces.Box:
-    if not isinstance(space, gymnasium.spaces.Box):
-        raise ValueError(f"load_minari: the observation space must be a Box, got {space}")
-    return gymnasium.spaces.Box(
-        np.asarray(space.low, np.float64).reshape(-1),
-        np.asarray(space.high, np.float64).reshape(-1),
-        dtype=np.float64,
-    )
-
-
 def load_minari(dataset_id_or_path, behaviour_policy=None) -> OfflineData:
     """Read a locally stored Minari dataset as `OfflineData`.
 
@@ -75,14 +71,19 @@ def load_minari(dataset_id_or_path, behaviour_policy=None) -> OfflineData:
             transitions are dropped.
 
     Returns:
-        `OfflineData` with next_actions, episode ids (Minari's) and the spaces.
+        `OfflineData` with flattened observations, next_actions, episode ids
+        (Minari's) and the dataset's (unflattened) spaces.
     """
     dataset = _open_dataset(dataset_id_or_path)
-    obs_space = _flat_space(dataset.observation_space)
+    obs_space = dataset.observation_space
+    check_space(obs_space, "load_minari: the dataset's observation space")
     act_space = dataset.action_space
     if not isinstance(act_space, gymnasium.spaces.Discrete | gymnasium.spaces.Box):
         raise ValueError(f"load_minari: the action space must be Discrete or Box, got {act_space}")
-    parts = [_episode_columns(ep, act_space, behaviour_policy) for ep in dataset.iterate_episodes()]
+    parts = [
+        _episode_columns(ep, obs_space, act_space, behaviour_policy)
+        for ep in dataset.iterate_episodes()
+    ]
     parts = [p for p in parts if p["rewards"].size]
     if not parts:
         raise ValueError(f"Minari dataset {str(dataset_id_or_path)!r} holds no usable transitions")
@@ -90,9 +91,12 @@ def load_minari(dataset_id_or_path, behaviour_policy=None) -> OfflineData:
     return OfflineData(**columns, observation_space=obs_space, action_space=act_space)
 
 
-def _episode_columns(episode, action_space, behaviour_policy) -> dict[str, np.ndarray]:
+def _episode_columns(
+    episode, observation_space, action_space, behaviour_policy
+) -> dict[str, np.ndarray]:
+    """One episode's transitions; observations (steps + 1, o) flattened."""
     steps = len(episode.rewards)
-    obs = np.asarray(episode.observations, dtype=np.float64).reshape(steps + 1, -1)
+    obs = flatten_batch(observation_space, episode.observations, steps + 1)
     if isinstance(action_space, gymnasium.spaces.Discrete):
         actions = np.asarray(episode.actions).astype(np.int64).reshape(steps)
     else:

@@ -1,14 +1,17 @@
 """`OfflineData`: logged transitions of any Gymnasium environment, and their `.npz` format.
 
-Shapes: n transitions, o observation features (the observation flattened),
+Shapes: n transitions, o observation features (the observation flattened
+with ``gymnasium.spaces.flatten``; o = ``flatdim(observation_space)``),
 a action features (Box actions), A discrete actions.
 
 The on-disk format (docs/datasets.md) is a NumPy ``.npz`` archive with one
 array per field of `OfflineData` (same names), plus optional space
-descriptions (``observation_low``/``observation_high``, ``action_n`` and
+descriptions and ``format_version``. Version 2 (written now) describes the
+spaces as JSON strings (``observation_space_json``, ``action_space_json``;
+see `tdntk.datasets.spaces.space_to_json`); version 1 files
+(``observation_low``/``observation_high`` of a Box, ``action_n`` and
 ``action_start`` for a Discrete action space, ``action_low``/``action_high``
-for a Box one) and ``format_version``. Arrays are read with
-``allow_pickle=False``.
+for a Box one) are still read. Arrays are read with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import gymnasium
 import numpy as np
 
 from .. import io
+from .spaces import flat_dim, space_from_json, space_to_json
 
 __all__ = [
     "OfflineData",
@@ -31,7 +35,8 @@ __all__ = [
     "infer_spaces",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 REQUIRED_ARRAYS = (
     "observations",
     "actions",
@@ -41,7 +46,7 @@ REQUIRED_ARRAYS = (
     "truncated",
 )
 OPTIONAL_ARRAYS = ("next_actions", "next_action_probs", "episode_ids")
-_SPACE_ARRAYS = (
+_V1_SPACE_ARRAYS = (
     "observation_low",
     "observation_high",
     "action_n",
@@ -49,6 +54,8 @@ _SPACE_ARRAYS = (
     "action_low",
     "action_high",
 )
+_V2_SPACE_ARRAYS = ("observation_space_json", "action_space_json")
+_SPACE_ARRAYS = {1: _V1_SPACE_ARRAYS, 2: _V2_SPACE_ARRAYS}
 
 
 def _finite_float(name: str, value, ndim: tuple[int, ...]) -> np.ndarray:
@@ -104,7 +111,9 @@ class OfflineData:
     """Logged transitions (s, a, r, s') with Gymnasium's terminated/truncated flags.
 
     Args:
-        observations: (n, o) states s.
+        observations: (n, o) states s, flattened with
+            ``gymnasium.spaces.flatten(observation_space, obs)`` (a Discrete
+            space gives one-hot rows; Tuple/Dict their parts concatenated).
         actions: (n,) integer actions (Discrete) or (n, a) float actions (Box).
         rewards: (n,) rewards.
         next_observations: (n, o) next states s'.
@@ -117,11 +126,14 @@ class OfflineData:
             probabilities at s' (Discrete actions only).
         episode_ids: (n,) integer episode of each transition; None numbers the
             episodes from the terminated/truncated flags.
-        observation_space: optional Box the observations came from.
+        observation_space: optional space the observations came from, unflattened
+            (Box, Discrete, MultiDiscrete, MultiBinary, or Tuple/Dict of these);
+            ``gymnasium.spaces.flatdim`` of it must equal o.
         action_space: optional Discrete or Box the actions came from.
 
-    Validated on construction (errors name the field); arrays are copied and
-    read-only. Float arrays are float64.
+    Validated on construction (errors name the field); at least one
+    transition is required. Arrays are copied and read-only. Float arrays are
+    float64.
     """
 
     observations: np.ndarray
@@ -133,10 +145,11 @@ class OfflineData:
     next_actions: np.ndarray | None = None
     next_action_probs: np.ndarray | None = None
     episode_ids: np.ndarray | None = None
-    observation_space: gymnasium.spaces.Box | None = None
+    observation_space: gymnasium.spaces.Space | None = None
     action_space: gymnasium.spaces.Discrete | gymnasium.spaces.Box | None = None
 
     def __post_init__(self):
+        _check_not_empty(self.observations)
         obs = _finite_float("observations", self.observations, (2,))
         n, o = obs.shape
         next_obs = _finite_float("next_observations", self.next_observations, (2,))
@@ -238,6 +251,15 @@ class OfflineData:
         return self.subset(index)
 
 
+def _check_not_empty(observations) -> None:
+    shape = np.shape(observations)
+    if len(shape) >= 1 and shape[0] == 0:
+        raise ValueError(
+            f"OfflineData.observations: the dataset is empty (0 transitions, shape {shape}); "
+            "give at least one transition"
+        )
+
+
 def _probabilities(value) -> np.ndarray:
     probs = _finite_float("next_action_probs", value, (2,))
     if np.any(probs < 0):
@@ -261,16 +283,13 @@ def _episodes_from_flags(terminated: np.ndarray, truncated: np.ndarray) -> np.nd
 def _check_spaces(observation_space, action_space, values) -> None:
     obs = values["observations"]
     if observation_space is not None:
-        if not isinstance(observation_space, gymnasium.spaces.Box):
+        dim = flat_dim(observation_space, "OfflineData.observation_space")
+        if dim != obs.shape[1]:
             raise ValueError(
-                "OfflineData.observation_space: expected a gymnasium Box, "
-                f"got {observation_space!r}"
-            )
-        if int(np.prod(observation_space.shape)) != obs.shape[1]:
-            raise ValueError(
-                f"OfflineData.observation_space: {observation_space} has "
-                f"{int(np.prod(observation_space.shape))} features but observations has "
-                f"{obs.shape[1]}"
+                f"OfflineData.observation_space: {observation_space} flattens to {dim} "
+                f"features (gymnasium.spaces.flatdim) but observations has {obs.shape[1]} "
+                "columns; store observations flattened with "
+                "gymnasium.spaces.flatten(observation_space, obs)"
             )
     if action_space is None:
         return
@@ -308,11 +327,12 @@ def _check_spaces(observation_space, action_space, values) -> None:
         )
 
 
-def infer_spaces(data: OfflineData) -> tuple[gymnasium.spaces.Box, gymnasium.spaces.Space]:
+def infer_spaces(data: OfflineData) -> tuple[gymnasium.spaces.Space, gymnasium.spaces.Space]:
     """The data's spaces, or ones inferred from the arrays when they were not recorded.
 
-    Observations: an unbounded Box. Discrete actions: ``Discrete(A)`` with A from
-    `next_action_probs` or the largest action seen + 1. Box actions: unbounded.
+    Observations: the recorded space, else an unbounded Box (o,). Discrete
+    actions: ``Discrete(A)`` with A from `next_action_probs` or the largest
+    action seen + 1. Box actions: unbounded.
     """
     obs_space = data.observation_space
     if obs_space is None:
@@ -339,17 +359,12 @@ def infer_spaces(data: OfflineData) -> tuple[gymnasium.spaces.Box, gymnasium.spa
 
 # ---------------------------------------------------------------------- .npz format
 def _space_arrays(data: OfflineData) -> dict[str, np.ndarray]:
+    """The spaces as 0-d unicode arrays holding JSON (format version 2)."""
     out: dict[str, np.ndarray] = {}
     if data.observation_space is not None:
-        out["observation_low"] = np.asarray(data.observation_space.low, np.float64).reshape(-1)
-        out["observation_high"] = np.asarray(data.observation_space.high, np.float64).reshape(-1)
-    space = data.action_space
-    if isinstance(space, gymnasium.spaces.Discrete):
-        out["action_n"] = np.asarray(int(space.n))
-        out["action_start"] = np.asarray(int(space.start))
-    elif isinstance(space, gymnasium.spaces.Box):
-        out["action_low"] = np.asarray(space.low, np.float64).reshape(-1)
-        out["action_high"] = np.asarray(space.high, np.float64).reshape(-1)
+        out["observation_space_json"] = np.asarray(space_to_json(data.observation_space))
+    if data.action_space is not None:
+        out["action_space_json"] = np.asarray(space_to_json(data.action_space))
     return out
 
 
@@ -364,13 +379,35 @@ def save_npz(path, data: OfflineData) -> Path:
     return io.save_npz(path, **arrays)
 
 
-def _spaces_from_arrays(arrays: dict, source: str):
+def _json_space(arrays: dict, name: str):
+    """The space in the 0-d string array `name`, or None when absent."""
+    if name not in arrays:
+        return None
+    value = arrays[name]
+    if value.ndim != 0 or value.dtype.kind != "U":
+        raise ValueError(
+            f"{name}: expected a 0-d string array holding JSON, got dtype {value.dtype} "
+            f"shape {value.shape}"
+        )
+    try:
+        return space_from_json(str(value[()]))
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+
+
+def _spaces_v2(arrays: dict) -> tuple:
+    """(observation space, action space) of a version-2 file (None where absent)."""
+    return _json_space(arrays, "observation_space_json"), _json_space(arrays, "action_space_json")
+
+
+def _spaces_v1(arrays: dict) -> tuple:
+    """(observation Box, action space) of a version-1 file (None where absent)."""
     obs_space = act_space = None
     if "observation_low" in arrays or "observation_high" in arrays:
         low = arrays.get("observation_low")
         high = arrays.get("observation_high")
         if low is None or high is None:
-            raise ValueError(f"{source}: observation_low and observation_high go together")
+            raise ValueError("observation_low and observation_high go together")
         obs_space = gymnasium.spaces.Box(
             np.asarray(low, np.float64), np.asarray(high, np.float64), dtype=np.float64
         )
@@ -381,11 +418,26 @@ def _spaces_from_arrays(arrays: dict, source: str):
         low = arrays.get("action_low")
         high = arrays.get("action_high")
         if low is None or high is None:
-            raise ValueError(f"{source}: action_low and action_high go together")
+            raise ValueError("action_low and action_high go together")
         act_space = gymnasium.spaces.Box(
             np.asarray(low, np.float64), np.asarray(high, np.float64), dtype=np.float64
         )
     return obs_space, act_space
+
+
+def _format_version(arrays: dict, path: Path) -> int:
+    """The file's format_version; without one, 1 if it holds version-1 space arrays, else 2."""
+    if "format_version" not in arrays:
+        return 1 if set(arrays) & set(_V1_SPACE_ARRAYS) else FORMAT_VERSION
+    raw = arrays["format_version"]
+    ok = raw.size == 1 and raw.dtype.kind in "iu"
+    if not ok or int(raw.reshape(())) not in READABLE_VERSIONS:
+        shown = raw.reshape(()).tolist() if raw.size == 1 else raw.tolist()
+        raise ValueError(
+            f"{path}: format_version {shown!r} is not supported (this tdntk reads "
+            f"{' and '.join(map(str, READABLE_VERSIONS))})"
+        )
+    return int(raw.reshape(()))
 
 
 def load_npz(path) -> OfflineData:
@@ -394,8 +446,8 @@ def load_npz(path) -> OfflineData:
     Raises:
         FileNotFoundError: no such file.
         ValueError: not a readable ``.npz``, a required array is missing, an
-            unknown ``format_version``, or the arrays fail `OfflineData` checks
-            (the message names the file and the array).
+            unknown ``format_version``, no transitions, or the arrays fail
+            `OfflineData` checks (the message names the file and the array).
     """
     path = Path(path)
     if not path.is_file():
@@ -405,27 +457,29 @@ def load_npz(path) -> OfflineData:
             arrays = {name: archive[name] for name in archive.files}
     except Exception as err:  # zipfile/pickle/format errors all mean "not our .npz"
         raise ValueError(f"{path}: cannot read as a .npz archive ({err})") from None
+    if not arrays:
+        raise ValueError(
+            f"{path}: the archive holds no arrays (an empty dataset); a dataset needs the "
+            f"arrays {', '.join(REQUIRED_ARRAYS)} with at least one transition (docs/datasets.md)"
+        )
     missing = [name for name in REQUIRED_ARRAYS if name not in arrays]
     if missing:
         raise ValueError(
             f"{path}: missing required array(s) {', '.join(missing)} "
             f"(found: {', '.join(sorted(arrays)) or 'none'}; see docs/datasets.md)"
         )
-    version = int(arrays.get("format_version", FORMAT_VERSION))
-    if version != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: format_version {version} is not supported (this tdntk reads {FORMAT_VERSION})"
-        )
-    known = set(REQUIRED_ARRAYS + OPTIONAL_ARRAYS + _SPACE_ARRAYS + ("format_version",))
+    version = _format_version(arrays, path)
+    known = set(REQUIRED_ARRAYS + OPTIONAL_ARRAYS + _SPACE_ARRAYS[version] + ("format_version",))
     unknown = sorted(set(arrays) - known)
     if unknown:
         raise ValueError(
-            f"{path}: unknown array(s) {', '.join(unknown)} (expected names: "
-            f"{', '.join(REQUIRED_ARRAYS + OPTIONAL_ARRAYS)}, and the space arrays of "
-            "docs/datasets.md)"
+            f"{path}: unknown array(s) {', '.join(unknown)} for format_version {version} "
+            f"(expected names: {', '.join(REQUIRED_ARRAYS + OPTIONAL_ARRAYS)}, and the space "
+            f"arrays {', '.join(_SPACE_ARRAYS[version])}; see docs/datasets.md)"
         )
     try:
-        obs_space, act_space = _spaces_from_arrays(arrays, str(path))
+        read_spaces = _spaces_v1 if version == 1 else _spaces_v2
+        obs_space, act_space = read_spaces(arrays)
         return OfflineData(
             **{name: arrays.get(name) for name in REQUIRED_ARRAYS + OPTIONAL_ARRAYS},
             observation_space=obs_space,

@@ -2,7 +2,9 @@
 and applying a policy to a batch of states.
 
 A policy is a callable ``policy(obs (o,)) -> action`` (an int for a Discrete
-action space, an (a,) array for a Box one). A stochastic policy over Discrete
+action space, an (a,) array for a Box one); ``obs`` is the observation
+flattened with ``gymnasium.spaces.flatten`` (one-hot for a Discrete
+observation space), as stored in `OfflineData`. A stochastic policy over Discrete
 actions may also define ``policy.action_probs(obs) -> (A,)`` probabilities;
 then `collect` samples from them and `to_transitions` uses them as the
 next-action weights (the stochastic form of the notes).
