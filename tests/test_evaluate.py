@@ -154,7 +154,9 @@ def test_tabular_values_match_dynamic_programming(stochastic, tau):
                 bellman[2 * s + a, 2 * nxt[s, a] : 2 * nxt[s, a] + 2] = gamma * probs[nxt[s, a]]
     q = np.linalg.solve(np.eye(6) - bellman, reward.reshape(-1)).reshape(3, 2)
     v = np.sum(probs * q, axis=1)
-    cfg = EvaluateConfig(gamma=gamma, t=np.inf, target_tau=tau, standardize=False)
+    estimator = "residual-gradient" if tau is None else "td"
+    cfg = EvaluateConfig(gamma=gamma, t=np.inf, estimator=estimator, target_tau=tau or 1.0,
+                         standardize=False)  # fmt: skip
     result = evaluate(data, cfg, policy=policy, states=np.eye(3))
     # tolerance: the fixed point is a linear solve with the 6 x 6 NTK (well conditioned)
     np.testing.assert_allclose(result.value_mean, v, rtol=0, atol=1e-7)
@@ -173,7 +175,7 @@ def test_one_hot_stochastic_policy_equals_deterministic():
         def action_probs(self, obs):
             return np.eye(2)[det(obs)]
 
-    for cfg in (EvaluateConfig(gamma=0.95, t=500.0),
+    for cfg in (EvaluateConfig(gamma=0.95, t=500.0, estimator="residual-gradient"),
                 EvaluateConfig(gamma=0.95, t=64.0, target_tau=0.2, loss="mean")):  # fmt: skip
         a = evaluate(data, cfg, policy=det)
         b = evaluate(data, cfg, policy=OneHot())
@@ -372,3 +374,49 @@ def test_docs_python_example_runs(tmp_path, monkeypatch):
         "summary.json", "values.csv", "values.png",
     ]  # fmt: skip
     assert load_npz(tmp_path / "cartpole.npz").n == 128
+
+
+def test_cli_defaults_give_the_certainty_equivalent_value_of_a_stochastic_mdp(tmp_path):
+    """`tdntk evaluate` with its defaults (TD, t = inf) on slippery FrozenLake data written
+    to .npz equals dynamic programming on the dataset's empirical MDP (uniform policy)."""
+    env = gymnasium.make("FrozenLake-v1").unwrapped
+    n_s, n_a, gamma = 16, 4, 0.95
+    terminal = {s2 for s in env.P for a in env.P[s] for _, s2, _, done in env.P[s][a] if done}
+    rng = np.random.default_rng(0)
+    rows = []  # (s, a, r, s', done): every non-terminal (s, a) sampled 5 times from env.P
+    for s in (s for s in range(n_s) if s not in terminal):
+        for a in range(n_a):
+            outcomes = env.P[s][a]
+            for j in rng.choice(len(outcomes), size=5, p=[o[0] for o in outcomes]):
+                rows.append((s, a, outcomes[j][2], outcomes[j][1], outcomes[j][3]))
+    s, a, r, s2, done = (np.array(c) for c in zip(*rows, strict=True))
+    eye = np.eye(n_s)
+    data = OfflineData(
+        eye[s], a, r, eye[s2], done, np.zeros(len(rows), bool),
+        next_action_probs=np.full((len(rows), n_a), 1.0 / n_a),
+        observation_space=gymnasium.spaces.Discrete(n_s),
+        action_space=gymnasium.spaces.Discrete(n_a),
+    )  # fmt: skip
+    save_npz(tmp_path / "fl.npz", data)
+    r_cli = _run(["evaluate", "--data", tmp_path / "fl.npz", "--gamma", gamma,
+                  "--out", tmp_path / "out", "--no-progress"])  # fmt: skip
+    assert r_cli.exit_code == 0, r_cli.output
+    # certainty equivalence: Q(s, a) = mean over samples of r + gamma (1 - done) mean_b Q(s', b)
+    pairs = sorted(set(zip(s.tolist(), a.tolist(), strict=True)))
+    index = {p: i for i, p in enumerate(pairs)}
+    lhs, rhs = np.zeros((len(pairs), len(pairs))), np.zeros(len(pairs))
+    for si, ai, ri, s2i, di in rows:
+        i = index[(si, ai)]
+        lhs[i, i] += 1
+        rhs[i] += ri
+        if not di:
+            for b in range(n_a):
+                lhs[i, index[(s2i, b)]] -= gamma / n_a
+    q = np.linalg.solve(lhs, rhs)
+    v = {st: np.mean([q[index[(st, b)]] for b in range(n_a)]) for st in {p[0] for p in pairs}}
+    values = _read_csv(tmp_path / "out" / "values.csv")
+    expected = np.array([v[int(i)] for i in values["state_index"]])
+    assert len(expected) == len({int(x) for x in s2[~done]})  # each non-terminal s' once
+    np.testing.assert_allclose(values["value_mean"], expected, rtol=1e-7, atol=1e-9)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["estimator"]["name"] == "td" and summary["estimator"]["converges"]

@@ -101,15 +101,25 @@ def _time(value: str) -> float:
 )
 @click.option("--gamma", default=0.99, show_default=True, help="Discount factor.")
 @click.option(
+    "--estimator",
+    default="td",
+    show_default=True,
+    type=click.Choice(["td", "residual-gradient"]),
+    help="td: TD with a soft target network (the fixed point of policy evaluation); "
+    "residual-gradient: a single Q-network, gradients through both terms (paper sec. 4.1; "
+    "biased when an input has several observed next states).",
+)
+@click.option(
     "--target-tau",
-    default=None,
+    default=1.0,
+    show_default=True,
     type=float,
-    help="Soft target network rate tau (eq. 12); default: a single Q-network.",
+    help="td only: the target's soft-update rate tau (eq. 12); in [0, 1] with --time discrete.",
 )
 @click.option(
     "--t",
     "t",
-    default="65536",
+    default="inf",
     show_default=True,
     help="Training time in gradient steps, or inf for the converged ensemble.",
 )
@@ -190,6 +200,7 @@ def evaluate_command(
     minari_id,
     policy,
     gamma,
+    estimator,
     target_tau,
     t,
     states_path,
@@ -221,7 +232,8 @@ def evaluate_command(
     t_value = _time(t)
     try:
         cfg = EvaluateConfig(
-            gamma=gamma, t=t_value, target_tau=target_tau, learning_rate=learning_rate,
+            gamma=gamma, t=t_value, estimator=estimator, target_tau=target_tau,
+            learning_rate=learning_rate,
             loss=loss, time=time_mode, depth=depth, width=width, activation=activation,
             weight_var=weight_var, bias_var=bias_var, standardize=standardize,
             ensemble=ensemble, max_transitions=max_transitions, seed=seed,
@@ -247,9 +259,16 @@ def evaluate_command(
     s = result.summary
     click.echo(
         f"wrote {out}: {s['states']['count']} states, {s['data']['transitions_used']} "
-        f"transitions; critical learning rate {s['critical_learning_rate']:.4g}, "
-        f"learning rate {s['learning_rate']:.4g}, {s['timings_s']['total']:.2f} s"
+        f"transitions; estimator {s['estimator']['name']}; critical learning rate "
+        f"{s['critical_learning_rate']:.4g}, learning rate {s['learning_rate']:.4g}, "
+        f"{s['timings_s']['total']:.2f} s"
     )
+    if not s["estimator"]["converges"]:
+        click.echo(
+            f"warning: the {s['estimator']['name']} dynamics diverge on this data "
+            f"(growth {s['estimator']['growth']:.3g}); values at t = inf are NaN",
+            err=True,
+        )
     if s["ensemble"] and s["ensemble"]["diverged_members"]:
         click.echo(
             f"warning: {s['ensemble']['diverged_members']} of {s['ensemble']['members']} finite "

@@ -52,6 +52,14 @@ GIB = 2.0**30
 # itself eta * l_max is close to 2 (l_min ~ 0 for TD data), the edge of stability of
 # gradient descent, where finite networks (whose empirical NTK differs) can diverge.
 DEFAULT_RATE_FRACTION = 0.5
+ESTIMATORS = ("td", "residual-gradient")
+ESTIMATOR_NAMES = {
+    "td": "TD: semi-gradient TD with a soft target network (paper sec. 4.2, 'target network'); "
+    "at t = inf the averaged Bellman equation holds at every distinct input",
+    "residual-gradient": "residual gradient: one Q-network with gradients through both terms "
+    "(paper sec. 4.1, 'single Q-network'); minimises the squared Bellman residual, biased "
+    "when an input has several observed next states",
+}
 
 
 class MemoryLimitError(RuntimeError):
@@ -64,12 +72,23 @@ class EvaluateConfig:
 
     gamma: float = field(default=0.99, metadata={"help": "Discount factor in [0, 1]."})
     t: float = field(
-        default=65536.0,
+        default=float("inf"),
         metadata={"help": "Training time in gradient steps (paper: 2^16); inf = converged."},
     )
-    target_tau: float | None = field(
-        default=None,
-        metadata={"help": "Soft target network rate tau (eq. 12); None: single Q-network."},
+    estimator: str = field(
+        default="td",
+        metadata={
+            "help": "td: TD with a soft target network (semi-gradient; the fixed point of "
+            "policy evaluation); residual-gradient: a single Q-network with gradients "
+            "through both terms (biased on stochastic data)."
+        },
+    )
+    target_tau: float = field(
+        default=1.0,
+        metadata={
+            "help": "td only: the target network's soft-update rate tau (eq. 12): a fraction "
+            "per step in [0, 1] for discrete time, a rate >= 0 in continuous time."
+        },
     )
     learning_rate: float | None = field(
         default=None,
@@ -108,8 +127,14 @@ class EvaluateConfig:
             raise ValueError(f"gamma must lie in [0, 1], got {self.gamma!r}")
         if np.isnan(self.t) or self.t < 0:
             raise ValueError(f"t must be >= 0 (inf allowed), got {self.t!r}")
-        if self.target_tau is not None:
-            SoftTarget(self.target_tau)
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        SoftTarget(self.target_tau)
+        if self.time == "discrete" and self.target_tau > 1:
+            raise ValueError(
+                f"target_tau must lie in [0, 1] with time='discrete' (a fraction per step, "
+                f"eq. 12), got {self.target_tau}"
+            )
         if self.learning_rate is not None and (
             not np.isfinite(self.learning_rate) or self.learning_rate <= 0
         ):
@@ -133,6 +158,10 @@ class EvaluateConfig:
 
     def mlp(self) -> MLP:
         return MLP(self.depth, self.width, self.activation, self.weight_var, self.bias_var)
+
+    def target(self) -> SoftTarget | None:
+        """The target network of the estimator (None: residual gradient)."""
+        return SoftTarget(self.target_tau) if self.estimator == "td" else None
 
 
 @dataclass(frozen=True)
@@ -277,7 +306,7 @@ def _build_model(cfg: EvaluateConfig, transitions: Transitions) -> tuple[TDNTK, 
     """The TDNTK at cfg.learning_rate, or at `DEFAULT_RATE_FRACTION` of the critical rate
     (eq. 11) when it is None."""
     net = cfg.mlp()
-    target = None if cfg.target_tau is None else SoftTarget(cfg.target_tau)
+    target = cfg.target()
     kernels = _CachedKernels(net)
     if cfg.learning_rate is not None:
         model = TDNTK(kernels, transitions, cfg.learning_rate, target, cfg.time, cfg.loss)
@@ -386,8 +415,9 @@ def evaluate(
 
     Args:
         data: the transitions.
-        config: `EvaluateConfig` (defaults: gamma 0.99, t = 2^16 steps at half the
-            critical learning rate, 2-layer ReLU NTK, standardised observations).
+        config: `EvaluateConfig` (defaults: the TD estimator at t = inf, gamma 0.99,
+            2-layer ReLU NTK, standardised observations; a finite t runs at half
+            the critical learning rate unless one is given).
         policy: ``policy(obs) -> action`` (optionally with ``action_probs``), or a
             ``"PKG.MODULE:FUNC"`` string; None evaluates the behaviour policy
             from the recorded next actions / next-action probabilities.
@@ -426,7 +456,7 @@ def evaluate(
     chunk = max(1, 2048 // k_test)
     memory = _check_memory(
         transitions.n, transitions.k, min(chunk, len(states)) * k_test,
-        cfg.target_tau is not None, cfg.memory_limit_gib,
+        cfg.target() is not None and np.isfinite(cfg.t), cfg.memory_limit_gib,
     )  # fmt: skip
     timings["data_and_features"] = time.perf_counter() - clock
 
@@ -463,6 +493,13 @@ def evaluate(
             "next_inputs_per_transition": transitions.k,
         },
         "states": {"count": int(len(states)), "source": source},
+        "estimator": {
+            "name": cfg.estimator,
+            "description": ESTIMATOR_NAMES[cfg.estimator],
+            "target_tau": cfg.target_tau if cfg.estimator == "td" else None,
+            "converges": bool(model.dynamics.converges),
+            "growth": float(model.dynamics.growth),
+        },
         "learning_rate": rate,
         "learning_rate_source": (
             "given"
@@ -502,7 +539,7 @@ def _finite_ensemble(cfg, transitions, rate, x_test, weights, progress):
     steps = int(cfg.t)
     result = train_ensemble(
         cfg.mlp(), transitions, rate, steps, cfg.ensemble, x_test.reshape(-1, d),
-        target=None if cfg.target_tau is None else SoftTarget(cfg.target_tau),
+        target=cfg.target(),
         seed=cfg.seed, loss=cfg.loss, progress=progress, record_steps=[steps],
     )  # fmt: skip
     q = np.asarray(result.q[-1], dtype=np.float64).reshape(cfg.ensemble, m, k)
