@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -181,3 +182,199 @@ def test_report_redrawn_from_saved_results_is_identical(tiny_run, tmp_path):
     assert (tmp_path / "report.md").read_text() == (out / "report.md").read_text()
     for name in ("summary.json", "methods.csv", "fig2_training.csv", "fig_widths.csv"):
         assert (tmp_path / name).read_text() == (out / name).read_text(), name
+
+
+# ---------------------------------------------------------------------- claims, recomputed
+def _assert_printed(token: str, value: float, sig: int | None = 3) -> None:
+    """`token` is `value` printed with '.{sig}g' (sig None: fixed decimals, read off the token):
+    within half a unit of its last significant digit (g drops trailing zeros, so the unit
+    comes from the magnitude and sig, not from the digits shown)."""
+    x = float(token)
+    if sig is None:
+        mantissa = token.lower().split("e")[0]
+        unit = 10.0 ** -len(mantissa.split(".")[1]) if "." in mantissa else 1.0
+    else:
+        unit = 10.0 ** (np.floor(np.log10(abs(x))) - sig + 1) if x != 0 else 0.0
+    assert abs(value - x) <= 0.5 * unit * (1 + 1e-9), (token, value)
+
+
+def _assert_printed_list(text: str, values) -> None:
+    tokens = [t.strip() for t in text.split(",")]
+    assert len(tokens) == len(values), (text, values)
+    for token, value in zip(tokens, values, strict=True):
+        _assert_printed(token, value)
+
+
+class _Fixed(float):
+    """A number printed with fixed decimals (e.g. '.2f'), not '.3g'."""
+
+
+def _band(ok: bool, partly: bool) -> str:
+    return "reproduced" if ok else ("partly" if partly else "not reproduced")
+
+
+def _rmse(a, b) -> float:
+    return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
+
+
+def test_claim_numbers_and_verdicts_recomputed_from_saved_files(tiny_run):
+    """Every claim's deciding numbers and verdict, recomputed here from results.npz, the
+    settings in summary.json and fig2_training.csv (which times fig. 2 shows), without
+    `tdntk.report`, against summary.json's claims and report.md's claims table.
+
+    Ensemble stds are maximum-likelihood (ddof=0: the Gaussian fitted to the members).
+    Tolerance: half a unit in the last printed digit ('.3g', or '.2f' for the fig. 3
+    fraction); the rules (thresholds) are the ones each claim states.
+    """
+    out, _ = tiny_run
+    summary = json.loads((out / "summary.json").read_text())
+    report = (out / "report.md").read_text()
+    cfg = summary["settings"]
+    n_eval, n_states = cfg["n_eval"], cfg["n_states"]
+    with np.load(out / "results.npz") as f:
+        a = {k: f[k] for k in f.files}
+    s_all = a["x_eval"][:, 0]
+    part = {
+        "in": slice(0, n_eval),
+        "out": slice(n_eval, 2 * n_eval),
+        "probe": slice(2 * n_eval, None),
+    }
+    s_in, s_out = s_all[part["in"]], s_all[part["out"]]
+    is_data = np.arange(s_all[part["probe"]].size) < n_states
+    np.testing.assert_array_equal(s_all[part["probe"]][is_data], a["data_x"][:, 0])
+    assert s_in.min() == 0.0 and s_in.max() == 1.25
+    true_in = a["true_value"][part["in"]]
+    steps, q_nn = a["steps"], a["q_nn"]
+    nn_mean, nn_std = q_nn.mean(axis=1), q_nn.std(axis=1)  # (R, m)
+
+    expected = {}  # claim text -> (verdict, check of its deciding numbers)
+
+    # fig. 1: member 0 vs its linearisation; the function RMSE recomputed from the outputs
+    dist = float(a["fig1_param_distance"][-1])
+    expected["The parameters travel little"] = (
+        _band(dist < 0.05, dist < 0.2),
+        (r"= (\S+)$", [dist]),
+    )
+    pr = a["fig1_param_rmse"]
+    frac = float(pr[-1] / pr.max())
+    expected["The parameter-space error"] = (
+        _band(frac >= 0.9, frac >= 0.5),
+        (r"= (\S+) \(final (\S+)\)$", [frac, pr[-1]]),
+    )
+    fr = np.sqrt(np.mean((a["fig1_q_nn"][:, part["in"]] - a["fig1_q_lin"][:, part["in"]]) ** 2, 1))
+    np.testing.assert_allclose(fr, a["fig1_function_rmse"], rtol=1e-10, atol=1e-15)
+    ratio = float(fr[-1] / fr.max())
+    expected["The function-space error"] = (
+        _band(ratio < 0.5, ratio < 0.9),
+        (
+            r"= (\S+) \(max (\S+) at step (\d+), final ([^)]+)\)$",
+            [ratio, fr.max(), a["fig1_steps"][np.argmax(fr)], fr[-1]],
+        ),
+    )
+    # figs 2-3: the times fig. 2 shows
+    f2_steps = np.unique(_read_csv(out / "fig2_training.csv")["step"])
+    rows = [int(np.flatnonzero(steps == t)[0]) for t in f2_steps]
+    worst = max(_rmse(nn_mean[r, part["in"]], a["analytic_mean"][r, part["in"]]) for r in rows)
+    expected["The analytic solution (eq. 10) approximately"] = (
+        _band(worst < 0.1, worst < 0.25),
+        (r"= (\S+)$", [worst]),
+    )
+    later = [r for r in rows if steps[r] > 0]
+    std_diff = max(_rmse(nn_std[r, part["in"]], a["analytic_std"][r, part["in"]]) for r in later)
+    std_ratio = [
+        nn_std[r, part["in"]].mean() / a["analytic_std"][r, part["in"]].mean() for r in later
+    ]
+    expected["In the data range the NN ensemble's uncertainty"] = (
+        _band(std_diff < 0.05, std_diff < 0.15),
+        (r"= (\S+); mean NN std / mean eq. 10 std: (\S+) to (\S+)$",
+         [std_diff, min(std_ratio), max(std_ratio)]),
+    )  # fmt: skip
+    outside = (s_out < 0) | (s_out > 1.25)
+    nn_out, an_out = nn_std[-1, part["out"]][outside], a["analytic_std"][-1, part["out"]][outside]
+    smaller = float(np.mean(nn_out < 0.8 * an_out))
+    expected["Out of the data range"] = (
+        _band(smaller >= 0.1, smaller > 0),
+        (
+            r"at t = (\d+): (\S+) \(min ratio ([^)]+)\)$",
+            [steps[-1], _Fixed(smaller), np.min(nn_out / an_out)],
+        ),
+    )
+    # fig. 4: stds at the dataset states and at the midpoints between them
+    for key, std in (
+        ("The analytic solution has smaller", a["analytic_inf_std"]),
+        ("The NN ensemble's uncertainty is roughly", nn_std[-1]),
+    ):
+        probe = std[part["probe"]]
+        at_data, between = probe[is_data].mean(), probe[~is_data].mean()
+        r = at_data / between
+        verdict = (
+            _band(r < 0.5, r < 0.9) if key.startswith("The analytic")
+            else _band(2 / 3 <= r <= 1.5, 0.5 <= r <= 2)
+        )  # fmt: skip
+        expected[key] = (verdict, (r"= (\S+) / (\S+) = (\S+)$", [at_data, between, r]))
+    assert a["mc_times"][-1] == np.inf
+    mc_std = a["q_mc"][:, -1].std(axis=0)
+    mc_in, lin_in = mc_std[part["in"]].mean(), a["analytic_inf_std"][part["in"]].mean()
+    r_mc = mc_in / lin_in
+    expected["Lin. (MC) (finite-width"] = (
+        _band(r_mc > 2, r_mc > 1.2),
+        (r"= (\S+) / (\S+) = (\S+) \(data-state std: ([^)]+)\)$",
+         [mc_in, lin_in, r_mc, mc_std[part["probe"]][is_data].mean()]),
+    )  # fmt: skip
+    # fig. 7: target networks at target_steps, tau in increasing order
+    taus = sorted(cfg["taus"])
+    a_err = [_rmse(a[f"target_{t:g}_mean"][part["in"]], true_in) for t in taus]
+    target_nn = [a[f"target_{t:g}_q_nn"].mean(axis=0)[part["in"]] for t in taus]
+    n_err = [_rmse(m, true_in) for m in target_nn]
+    tau_text = ", ".join(f"{t:g}" for t in taus)
+    expected["A larger tau makes"] = (
+        _band(bool(np.all(np.diff(a_err) < 0)), a_err[-1] < a_err[0]),
+        (rf"at t = (\d+) for tau = {re.escape(tau_text)}: (.+)$", [cfg["target_steps"], a_err]),
+    )
+    spread = max(n_err) / min(n_err)
+    expected["The trained networks' convergence"] = (
+        _band(spread <= 1.5, spread <= 3),
+        (rf"tau = {re.escape(tau_text)}: (.+) \(max / min = ([^)]+)\)$", [n_err, spread]),
+    )
+    r_t = int(np.argmin(np.abs(steps - cfg["target_steps"])))
+    single = _rmse(nn_mean[r_t, part["in"]], a["analytic_mean"][r_t, part["in"]])
+    dist_t = [
+        _rmse(m, a[f"target_{t:g}_mean"][part["in"]]) for m, t in zip(target_nn, taus, strict=True)
+    ]
+    worse = np.array(dist_t) > single
+    expected["With a target network"] = (
+        _band(bool(worse.all()), bool(worse.any())),
+        (rf"at t = (\d+): single (\S+); target \(tau = {re.escape(tau_text)}\): (.+)$",
+         [steps[r_t], single, dist_t]),
+    )  # fmt: skip
+    # the width sweep at width_steps: RMSE(mean) + RMSE(std) against eq. 10 on [0, 1.25]
+    r_w = int(np.flatnonzero(steps == cfg["width_steps"])[0])
+    a_m, a_s = a["analytic_mean"][r_w, part["in"]], a["analytic_std"][r_w, part["in"]]
+    widths = sorted(cfg["widths"])
+    for who, tag in (("trained", "nn"), ("Lin. (MC)", "mc")):
+        q = [a[f"width_{w}_q_{tag}"][:, part["in"]] for w in widths]
+        d = np.array([_rmse(x.mean(0), a_m) + _rmse(x.std(0), a_s) for x in q])
+        expected[f"Wider {who} ensembles"] = (
+            _band(bool(np.all(np.diff(d) < 0)), d[-1] < d[0]),
+            (rf"at t = (\d+) for widths {', '.join(map(str, widths))}: (.+)$",
+             [cfg["width_steps"], list(d)]),
+        )  # fmt: skip
+
+    claims = summary["claims"]
+    assert len(claims) == len(expected)
+    for claim in claims:
+        (key,) = [k for k in expected if claim["claim"].startswith(k)]
+        verdict, (pattern, values) = expected.pop(key)
+        assert claim["verdict"] == verdict, (claim, verdict)
+        match = re.search(pattern, claim["number"])
+        assert match, (pattern, claim["number"])
+        for token, value in zip(match.groups(), values, strict=True):
+            if isinstance(value, list):
+                _assert_printed_list(token, value)
+            elif isinstance(value, int | np.integer):
+                assert int(token) == value, (claim["number"], value)
+            else:
+                _assert_printed(token, value, sig=None if isinstance(value, _Fixed) else 3)
+        # report.md shows the same verdict and numbers
+        row = f"| {claim['claim']} | **{verdict}** | {claim['number']} | {claim['rule']} |"
+        assert row in report, row

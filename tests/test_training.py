@@ -181,24 +181,42 @@ def test_gap_to_linearisation_shrinks_with_width():
 
 
 def test_wide_ensemble_matches_analytic_closed_form():
-    """Issue point 4: E = 256 members of width 256 vs the infinite-width mean and variance."""
+    """Issue point 4: E = 4096 trained members of width 1024 vs the infinite-width mean and
+    variance of eq. 10 (discrete time), at step 0 and after 40 steps, point by point.
+
+    One hidden layer keeps a member cheap (no width x width layer), so 4096 members train in
+    ~2 s; the kernels of deeper networks are checked in test_nets.py.
+
+    Tolerance per point, in standard errors (SE) of the Monte Carlo estimates (a correct
+    prediction fails with probability ~7e-6 per point at 4.5 SE; 20 points):
+    * variance: 4.5 SE of the sample variance of E Gaussian draws, var sqrt(2 / (E - 1)),
+      i.e. +-10 % relative. The finite-width and nonlinear-training deviation is smaller
+      (measured with 16384 members: <= 1.7 % relative at widths 512-2048), no allowance.
+    * mean: 4.5 SE of the sample mean, sqrt(var / E) = 1.6 % of the std, plus at step 40 an
+      allowance of 0.06 std for the finite-width deviation of a trained ensemble's mean,
+      twice the largest measured (0.031 std at width 1024, 16384 members); at step 0 the
+      mean is 0 at any width (odd in the readout), no allowance.
+    """
     data, x_eval = make_problem(seed=5, n=6, k=2)
-    net = tdntk.MLP(depth=2, width=256)
-    members, lr, steps = 256, 0.05, 40
+    net = tdntk.MLP(depth=1, width=1024)
+    members, lr, steps = 4096, 0.05, 40
     res = train_ensemble(
         net, data, lr, steps, members, x_eval, record_steps=[], progress=False,
         params0=normal_params(net, data.input_dim, members, seed=0),
     )  # fmt: skip
     pred = tdntk.TDNTK(net, data, lr, time="discrete").predict(x_eval, [0, steps], full_cov=False)
     mean_mc, var_mc = res.q.mean(axis=1), res.q.var(axis=1, ddof=1)
-    # Monte Carlo tolerance: 4.5 standard errors of the sample mean (sqrt(var / E)) and of the
-    # sample variance of Gaussian draws (var * sqrt(2 / (E - 1)))
     se_mean = np.sqrt(pred.var / members)
     se_var = pred.var * np.sqrt(2 / (members - 1))
-    assert np.all(np.abs(mean_mc - pred.mean) < 4.5 * se_mean), (mean_mc, pred.mean, se_mean)
-    assert np.all(np.abs(var_mc - pred.var) < 4.5 * se_var), (var_mc, pred.var, se_var)
-    # training moved the mean by more than the tolerance, so the test can fail
-    assert np.max(np.abs(pred.mean[1]) / se_mean[1]) > 9
+    allowance = np.array([[0.0], [0.06]]) * pred.std  # (2, m): steps 0 and 40
+    z_mean = (mean_mc - pred.mean) / se_mean
+    z_var = (var_mc - pred.var) / se_var
+    assert np.all(np.abs(mean_mc - pred.mean) < 4.5 * se_mean + allowance), (z_mean, allowance)
+    assert np.all(np.abs(z_var) < 4.5), z_var
+    # training moved the mean and the variance by far more than the tolerance, so a
+    # prediction stuck at the prior (or a wrong time) fails
+    assert np.max(np.abs(pred.mean[1]) / (4.5 * se_mean[1] + allowance[1])) > 4
+    assert np.max(np.abs(pred.var[1] - pred.var[0]) / se_var[1]) > 9 * 4.5
 
 
 _SHARDED_SCRIPT = textwrap.dedent(
@@ -254,10 +272,14 @@ def test_init_ensemble_members_are_reproducible_alone():
     with jax.enable_x64(True):
         params = init_ensemble(net, 3, 4, seed=9, dtype=jnp.float64)
         init = jax.jit(net.init, static_argnums=(1, 2))
-        for i in (0, 3):
+        for i in range(4):  # every member, each drawn alone from fold_in(PRNGKey(seed), i)
             alone = init(jax.random.fold_in(jax.random.PRNGKey(9), i), 3, jnp.float64)
-        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(alone), strict=True):
-            np.testing.assert_array_equal(a[i], b)  # the same random bits
+            for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(alone), strict=True):
+                assert a.shape == (4, *b.shape)
+                np.testing.assert_array_equal(a[i], b)  # the same random bits
+    # the members differ from each other, so the equalities above identify each member
+    for a in jax.tree.leaves(params):
+        assert len({np.asarray(a[i]).tobytes() for i in range(4)}) == 4
 
 
 def test_default_record_steps_and_input_validation():

@@ -462,7 +462,12 @@ def _quick_note(cfg) -> str:
 
 
 def write_report(results, out) -> Path:
-    """Write table.md, table.csv, scores.csv, figures, predictions and report.md into `out`."""
+    """Write table.md, table.csv, scores.csv, figures, predictions and report.md into `out`.
+
+    ``predictions_seed<s>.npz``: per method ``<key>_mean`` and ``<key>_std`` (m,), the
+    Monte Carlo ``truth``, ``split_<name>`` row indices, and ``nn_members`` / ``lin_members``
+    (E, m) (the trained networks and their own linearisations).
+    """
     agg = aggregate(results)
     with staged_output_dir(out) as tmp:
         tmp = Path(tmp)
@@ -494,6 +499,8 @@ def write_report(results, out) -> Path:
             arrays = {f"{k}_mean": v[0] for k, v in s.predictions.items()}
             arrays.update({f"{k}_std": v[1] for k, v in s.predictions.items()})
             arrays.update({f"split_{k}": v for k, v in s.inputs.splits.items()})
+            # the members behind the "NN vs its own linearisation" claim (`_nn_lin_gap`)
+            arrays.update({f"{k}_members": s.members[k] for k in ("nn", "lin") if k in s.members})
             save_npz(
                 tmp / f"predictions_seed{s.seed}.npz",
                 truth=s.truth.mean,
