@@ -93,7 +93,7 @@ def main():
     print(f"analytic kernels for {s.shape[0]} points: {t_kernels:.2f} s")
 
     lr = 1e-3
-    model, t_build = timed(lambda: tdntk.TDNTK(net, data, lr))
+    model, t_build = timed(lambda: tdntk.TDNTK(net, data, tdntk.Schedule(lr)))
     model.predict(x_test[:1], 0.0), model.predict(x_test, 0.0)  # compile the test kernels
     _, t_first = timed(lambda: model.predict(x_test, times[:1]))
     _, t_all = timed(lambda: model.predict(x_test, times))
@@ -118,7 +118,9 @@ def main():
     print(f"  speed-up over the literal route: {lit_single / single_total:.1f}x")
 
     tau = 0.1
-    target, t_tbuild = timed(lambda: tdntk.TDNTK(net, data, lr, target=tdntk.SoftTarget(tau)))
+    target, t_tbuild = timed(
+        lambda: tdntk.TDNTK(net, data, tdntk.Schedule(lr, tdntk.SoftTarget(tau)))
+    )
     _, t_tall = timed(lambda: target.predict(x_test, times))
     print(f"\ntarget network (tau = {tau})")
     print(

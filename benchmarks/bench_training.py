@@ -119,7 +119,7 @@ def time_python_loop(net, data, members, steps, lr) -> float:
 
 def closed_form_seconds(net, data, x_eval, lr) -> float:
     tick = time.perf_counter()
-    tdntk.TDNTK(net, data, lr).predict(x_eval, PAPER_STEPS, full_cov=False)
+    tdntk.TDNTK(net, data, tdntk.Schedule(lr)).predict(x_eval, PAPER_STEPS, full_cov=False)
     return time.perf_counter() - tick
 
 

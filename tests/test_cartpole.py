@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tdntk.experiments.cartpole import METHODS, PRESETS, SPLITS, make_dataset, run
-from tdntk.policies import LinearPolicy, train_cartpole_policy
+from tdntk.experiments.cartpole_policy import LinearPolicy, train_cartpole_policy
 
 
 @pytest.fixture(scope="module")

@@ -364,3 +364,16 @@ def test_minari_reader_equals_npz(tmp_path, monkeypatch):
     np.testing.assert_array_equal(dropped.next_actions, npz.next_actions[keep])
     with pytest.raises(FileNotFoundError, match="not found locally"):
         load_minari("cartpole/absent-v0")
+
+
+def test_sample_actions_draws_like_generator_choice():
+    """The one action sampler equals ``Generator.choice(A, p=row)`` row after row (same stream)."""
+    from tdntk.datasets.policies import sample_actions
+
+    probs = np.random.default_rng(0).dirichlet(np.ones(4), size=500)
+    probs[::7] = np.eye(4)[np.arange(0, 500, 7) % 4]  # deterministic rows too
+    a, b = np.random.default_rng(11), np.random.default_rng(11)
+    batched = sample_actions(probs, a)
+    one_by_one = [b.choice(4, p=row) for row in probs]
+    np.testing.assert_array_equal(batched, one_by_one)
+    assert a.random() == b.random()  # the streams stay in step

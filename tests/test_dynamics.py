@@ -23,7 +23,7 @@ import scipy.linalg
 from conftest import make_problem
 
 import tdntk
-from tdntk import SoftTarget
+from tdntk import Schedule, SoftTarget
 
 LR = 0.05
 
@@ -102,7 +102,7 @@ def test_continuous_matches_ode_integration(net, problem, tau):
     data, x_test = problem
     times = [1.0, 100.0, 1e4]
     target = None if tau is None else SoftTarget(tau)
-    model = tdntk.TDNTK(net, data, LR, target=target)
+    model = tdntk.TDNTK(net, data, Schedule(LR, target))
     q0, q0_x, q0_next, q0_test = random_init_outputs(data, x_test)
     closed = model.predict_from_init(x_test, times, q0_test, q0_x, q0_next)
     ref = reference_continuous(net, data, x_test, q0, LR, tau, times)
@@ -115,7 +115,7 @@ def test_discrete_matches_step_by_step_iteration(net, problem, tau):
     data, x_test = problem
     steps = [0, 1, 2, 7, 64, 300]
     target = None if tau is None else SoftTarget(tau)
-    model = tdntk.TDNTK(net, data, LR, target=target, time="discrete")
+    model = tdntk.TDNTK(net, data, Schedule(LR, target, time="discrete"))
     q0, q0_x, q0_next, q0_test = random_init_outputs(data, x_test)
     closed = model.predict_from_init(x_test, steps, q0_test, q0_x, q0_next)
     ref = reference_discrete(net, data, x_test, q0, LR, tau, steps)
@@ -136,7 +136,7 @@ def lee_et_al_regression(net, x, y, x_test, lr, t):
 @pytest.mark.parametrize("target", [None, SoftTarget(0.3)])
 def test_gamma_zero_is_supervised_ntk_regression(net, target):
     data, x_test = make_problem(gamma=0.0, k=1, n=10)
-    model = tdntk.TDNTK(net, data, LR, target=target)
+    model = tdntk.TDNTK(net, data, Schedule(LR, target))
     times = [0.5, 10.0, 300.0]
     pred = model.predict(x_test, times)
     for i, t in enumerate(times):
@@ -150,7 +150,7 @@ def test_ensemble_moments_follow_from_the_linear_map(net, problem, tau):
     """mean = Z r and cov = L K L^T for Q_t* = L [Q0*; Q0; Q0''] + Z r (notes, (*))."""
     data, x_test = problem
     target = None if tau is None else SoftTarget(tau)
-    model = tdntk.TDNTK(net, data, LR, target=target)
+    model = tdntk.TDNTK(net, data, Schedule(LR, target))
     n, nk, m = data.n, data.n * data.k, x_test.shape[0]
     t = 50.0
     zero = np.zeros
@@ -174,7 +174,7 @@ def test_ensemble_moments_follow_from_the_linear_map(net, problem, tau):
 def test_infinite_time_is_the_long_time_limit(net, problem, tau):
     data, x_test = problem
     target = None if tau is None else SoftTarget(tau)
-    model = tdntk.TDNTK(net, data, LR, target=target)
+    model = tdntk.TDNTK(net, data, Schedule(LR, target))
     pred = model.predict(x_test, [1e6, np.inf])
     np.testing.assert_allclose(pred.mean[0], pred.mean[1], rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(pred.cov[0], pred.cov[1], rtol=1e-6, atol=1e-9)
@@ -183,7 +183,7 @@ def test_infinite_time_is_the_long_time_limit(net, problem, tau):
 def test_single_network_fixed_point_satisfies_bellman_on_data(net, problem):
     """At t = inf the single network's TD error on the data vanishes (eq. 31)."""
     data, _ = problem
-    model = tdntk.TDNTK(net, data, LR)
+    model = tdntk.TDNTK(net, data, Schedule(LR))
     q = model.predict(data.x, np.inf).mean[0]
     q_next = model.predict(data.x_next_flat, np.inf).mean[0]
     np.testing.assert_allclose(q, data.reward + data.bellman(q_next), atol=1e-6)
@@ -192,7 +192,7 @@ def test_single_network_fixed_point_satisfies_bellman_on_data(net, problem):
 @pytest.mark.parametrize("target", [None, SoftTarget(0.1)])
 def test_covariances_symmetric_psd_float64(net, problem, target):
     data, x_test = problem
-    pred = tdntk.TDNTK(net, data, LR, target=target).predict(x_test, [0, 3, 300, np.inf])
+    pred = tdntk.TDNTK(net, data, Schedule(LR, target)).predict(x_test, [0, 3, 300, np.inf])
     assert pred.mean.dtype == pred.cov.dtype == np.float64
     assert pred.mean.shape == (4, x_test.shape[0]) and pred.cov.shape == (4, 5, 5)
     np.testing.assert_array_equal(pred.cov, np.swapaxes(pred.cov, 1, 2))
@@ -207,7 +207,7 @@ def test_covariances_symmetric_psd_float64(net, problem, target):
 @pytest.mark.parametrize("target", [None, SoftTarget(0.1)])
 def test_variance_only_equals_diagonal_of_full_covariance(net, problem, target):
     data, x_test = problem
-    model = tdntk.TDNTK(net, data, LR, target=target)
+    model = tdntk.TDNTK(net, data, Schedule(LR, target))
     full = model.predict(x_test, [2.0, 40.0])
     diag = model.predict(x_test, [2.0, 40.0], full_cov=False)
     assert diag.cov is None
@@ -221,10 +221,10 @@ def test_doubling_grid_reuse_equals_fresh_computation(net, problem, time):
     data, x_test = problem
     grid = 2.0 ** np.arange(0, 11)
     shuffled = np.concatenate([[np.inf, 0.0], grid[::-1], [3.0, 6.0]])
-    model = tdntk.TDNTK(net, data, LR, target=SoftTarget(0.1), time=time)
+    model = tdntk.TDNTK(net, data, Schedule(LR, SoftTarget(0.1), time=time))
     together = model.predict(x_test, shuffled)
     for i, t in enumerate(shuffled):
-        fresh = tdntk.TDNTK(net, data, LR, target=SoftTarget(0.1), time=time)
+        fresh = tdntk.TDNTK(net, data, Schedule(LR, SoftTarget(0.1), time=time))
         alone = fresh.predict(x_test, t)
         np.testing.assert_allclose(together.mean[i], alone.mean[0], rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(together.cov[i], alone.cov[0], rtol=1e-8, atol=1e-12)
@@ -232,8 +232,8 @@ def test_doubling_grid_reuse_equals_fresh_computation(net, problem, time):
 
 def test_mean_loss_is_sum_loss_with_rate_over_n(net, problem):
     data, x_test = problem
-    a = tdntk.TDNTK(net, data, LR, loss="mean").predict(x_test, [5.0, 80.0])
-    b = tdntk.TDNTK(net, data, LR / data.n, loss="sum").predict(x_test, [5.0, 80.0])
+    a = tdntk.TDNTK(net, data, Schedule(LR, loss="mean")).predict(x_test, [5.0, 80.0])
+    b = tdntk.TDNTK(net, data, Schedule(LR / data.n)).predict(x_test, [5.0, 80.0])
     np.testing.assert_allclose(a.mean, b.mean, rtol=1e-12)
     np.testing.assert_allclose(a.cov, b.cov, rtol=1e-10, atol=1e-14)
 
@@ -247,15 +247,15 @@ def test_one_hot_stochastic_policy_equals_deterministic(net):
         data.x, data.reward, data.x_next[np.arange(data.n), pick], data.discount
     )
     for target in (None, SoftTarget(0.5)):
-        a = tdntk.TDNTK(net, stochastic, LR, target=target).predict(x_test, [3.0, np.inf])
-        b = tdntk.TDNTK(net, deterministic, LR, target=target).predict(x_test, [3.0, np.inf])
+        a = tdntk.TDNTK(net, stochastic, Schedule(LR, target)).predict(x_test, [3.0, np.inf])
+        b = tdntk.TDNTK(net, deterministic, Schedule(LR, target)).predict(x_test, [3.0, np.inf])
         np.testing.assert_allclose(a.mean, b.mean, rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(a.cov, b.cov, rtol=1e-6, atol=1e-9)
 
 
 def test_critical_learning_rate_is_eq_11(net, problem):
     data, _ = problem
-    model = tdntk.TDNTK(net, data, LR)
+    model = tdntk.TDNTK(net, data, Schedule(LR))
     s = np.concatenate([data.x, data.x_next_flat])
     _, theta = net.kernels(s)
     d = np.hstack([np.eye(data.n), -dense_gp(data)])
@@ -265,24 +265,24 @@ def test_critical_learning_rate_is_eq_11(net, problem):
 
 def test_learning_rate_above_critical_warns(net, problem):
     data, _ = problem
-    crit = tdntk.TDNTK(net, data, LR).critical_learning_rate
-    with warnings.catch_warnings():  # just below the rate: silent
+    crit = tdntk.TDNTK(net, data, Schedule(LR)).critical_learning_rate
+    with warnings.catch_warnings():  # just below the rate: silent (warnings come with .dynamics)
         warnings.simplefilter("error")
-        tdntk.TDNTK(net, data, 0.99 * crit)
-        tdntk.TDNTK(net, data, 0.99 * crit, time="discrete")
+        _ = tdntk.TDNTK(net, data, Schedule(0.99 * crit)).dynamics
+        _ = tdntk.TDNTK(net, data, Schedule(0.99 * crit, time="discrete")).dynamics
     with pytest.warns(tdntk.LearningRateWarning, match="critical rate"):
-        tdntk.TDNTK(net, data, 1.01 * crit)
+        _ = tdntk.TDNTK(net, data, Schedule(1.01 * crit)).dynamics
     with (
         pytest.warns(tdntk.LearningRateWarning, match="diverges"),
         pytest.warns(tdntk.DivergenceWarning, match="eta l_max"),
     ):
-        tdntk.TDNTK(net, data, 10 * crit, time="discrete")
+        _ = tdntk.TDNTK(net, data, Schedule(10 * crit, time="discrete")).dynamics
 
 
 @pytest.mark.parametrize("target", [None, SoftTarget(0.1)])
 def test_row_blocks_of_test_inputs_change_nothing(net, problem, target, monkeypatch):
     data, x_test = problem
-    model = tdntk.TDNTK(net, data, LR, target=target)
+    model = tdntk.TDNTK(net, data, Schedule(LR, target))
     whole = model.predict(x_test, [3.0, np.inf])
     monkeypatch.setattr(tdntk.predict, "_TEST_BLOCK_ROWS", 2)  # 5 test inputs -> 3 blocks
     blocked = model.predict(x_test, [3.0, np.inf])

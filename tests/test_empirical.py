@@ -16,7 +16,7 @@ from jax.flatten_util import ravel_pytree
 from test_training import dense_gp, normal_params
 
 import tdntk
-from tdntk import SoftTarget
+from tdntk import Schedule, SoftTarget
 from tdntk.empirical import (
     EmpiricalKernels,
     empirical_ntk,
@@ -112,8 +112,8 @@ def test_trained_linearised_network_equals_discrete_closed_form(tau):
     with jax.enable_x64(True):
         p64 = jax.tree.map(jnp.asarray, params)
         q_ref, omega_ref = linearised_gd(net, p64, data, x_eval, lr, steps, record, tau)
-    q = linearised_q(net, params, data, x_eval, record, lr, target=target, time="discrete")
-    omega = parameter_trajectory(net, params, data, record, lr, target=target, time="discrete")
+    q = linearised_q(net, params, data, x_eval, record, Schedule(lr, target, time="discrete"))
+    omega = parameter_trajectory(net, params, data, record, Schedule(lr, target, time="discrete"))
     # closed form (eigenbasis / matrix powers) vs 25 float64 steps: 1e-9 relative
     scale = np.abs(q_ref).max()
     np.testing.assert_allclose(q, q_ref, rtol=0, atol=1e-9 * scale)

@@ -18,17 +18,9 @@ from click.testing import CliRunner
 
 from tdntk import MLP
 from tdntk.cli import main
-from tdntk.datasets import (
-    EvaluateConfig,
-    Features,
-    MemoryLimitError,
-    OfflineData,
-    collect,
-    evaluate,
-    load_npz,
-    memory_estimate,
-    save_npz,
-)
+from tdntk.datasets import Features, OfflineData, collect, load_npz, save_npz
+from tdntk.experiments.evaluate import EvaluateConfig, MemoryLimitError, evaluate, memory_estimate
+from tdntk.report.evaluate import write_evaluation
 
 POLICY_FILE = """
 import numpy as np
@@ -192,7 +184,7 @@ def test_one_hot_stochastic_policy_equals_deterministic():
 def test_t0_is_the_prior_of_the_state_value():
     """At t = 0 the mean is 0 and Var V(s) = w^T K(x_s, x_s) w with the NNGP kernel K."""
     data = collect("CartPole-v1", None, 32, seed=5)
-    cfg = EvaluateConfig(gamma=0.9, t=0.0, depth=3, activation="erf", bias_var=0.3)
+    cfg = EvaluateConfig(gamma=0.9, t=0.0, net=MLP(depth=3, activation="erf", bias_var=0.3))
     result = evaluate(data, cfg)
     features = Features.from_spaces(data.observation_space, data.action_space, standardize=data)
     keep = ~data.terminated
@@ -218,8 +210,8 @@ def test_finite_linear_ensemble_samples_the_closed_form(tmp_path):
     """
     data = collect("CartPole-v1", None, 24, seed=1)
     members = 4096
-    cfg = EvaluateConfig(gamma=0.9, t=32.0, time="discrete", depth=0, activation="identity",
-                         ensemble=members)  # fmt: skip
+    cfg = EvaluateConfig(gamma=0.9, t=32.0, time="discrete", ensemble=members,
+                         net=MLP(depth=0, width=512, activation="identity"))  # fmt: skip
     result = evaluate(data, cfg)
     assert result.summary["ensemble"]["members"] == members
     var = result.value_std**2
@@ -227,8 +219,6 @@ def test_finite_linear_ensemble_samples_the_closed_form(tmp_path):
     z_var = (result.ensemble_std**2 - var) / (var * np.sqrt(2 / (members - 1)))
     assert np.all(np.abs(z_mean) < 4.5), z_mean
     assert np.all(np.abs(z_var) < 4.5), z_var
-    from tdntk.datasets import write_evaluation
-
     write_evaluation(result, tmp_path / "ens")
     values = _read_csv(tmp_path / "ens" / "values.csv")
     np.testing.assert_allclose(values["ensemble_std"], result.ensemble_std, rtol=1e-12)
@@ -251,10 +241,10 @@ def test_memory_refusal_names_estimate_and_a_fitting_subsample(tmp_path):
     assert memory_estimate(fit, 2, m_chunk, False) <= limit * 2**30
     assert memory_estimate(fit + 1, 2, m_chunk, False) > limit * 2**30
     out = tmp_path / "out"
-    r = _run(["evaluate", "--data", tmp_path / "d.npz", "--memory-limit", limit, "--out", out])
+    r = _run(["evaluate", "--data", tmp_path / "d.npz", "--memory-limit-gib", limit, "--out", out])
     assert r.exit_code == 1 and "--max-transitions" in r.output and "Traceback" not in r.output
     assert not out.exists() and _leftovers(tmp_path) == []
-    r = _run(["evaluate", "--data", tmp_path / "d.npz", "--memory-limit", limit, "--t", "inf",
+    r = _run(["evaluate", "--data", tmp_path / "d.npz", "--memory-limit-gib", limit, "--t", "inf",
               "--max-transitions", fit, "--out", out, "--no-progress"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert json.loads((out / "summary.json").read_text())["data"]["transitions_used"] == fit
@@ -358,12 +348,12 @@ def test_failure_while_writing_leaves_previous_output_untouched(tmp_path, monkey
     r = _run(["evaluate", "--data", data, "--t", "inf", "--out", out, "--no-progress"])
     assert r.exit_code == 0, r.output
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    import tdntk.io
+    import tdntk.report.evaluate
 
     def broken(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(tdntk.io, "write_json", broken)
+    monkeypatch.setattr(tdntk.report.evaluate, "write_json", broken)
     r = _run(["evaluate", "--data", data, "--t", "0", "--out", out, "--no-progress"])
     assert r.exit_code == 1 and "disk full (simulated)" in r.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import tdntk
-from tdntk import MLP, DivergenceWarning, SoftTarget, Transitions
+from tdntk import MLP, DivergenceWarning, Schedule, SoftTarget, Transitions
 from tdntk.envs.toy import dataset_states, toy_transitions
 
 NET = MLP(depth=2, width=512, activation="relu")
@@ -36,7 +36,7 @@ def branching_example():
 
 def test_td_fixed_point_with_a_repeated_input_is_the_true_value():
     data, x_test = branching_example()
-    model = tdntk.TDNTK(NET, data, 0.05, target=SoftTarget(0.5))
+    model = tdntk.TDNTK(NET, data, Schedule(0.05, SoftTarget(0.5)))
     assert model.dynamics.rank == 3  # A appears twice: Theta_XX (4 x 4) has rank 3
     pred = model.predict(x_test, [1e7, np.inf])
     # the true values, from the MDP by hand: V(A) = (1 + 0) / 2
@@ -48,7 +48,7 @@ def test_td_fixed_point_with_a_repeated_input_is_the_true_value():
 def test_residual_gradient_is_biased_by_double_sampling():
     """The single network minimises (a-b)^2 + (a-c)^2 + (b-1)^2 + c^2: a, b, c = 1/2, 3/4, 1/4."""
     data, x_test = branching_example()
-    pred = tdntk.TDNTK(NET, data, 0.05).predict(x_test, [1e8, np.inf])
+    pred = tdntk.TDNTK(NET, data, Schedule(0.05)).predict(x_test, [1e8, np.inf])
     np.testing.assert_allclose(pred.mean[1], [0.5, 0.75, 0.25], atol=1e-9)
     np.testing.assert_allclose(pred.mean[0], pred.mean[1], atol=1e-7)
 
@@ -123,7 +123,7 @@ def test_td_fixed_point_is_certainty_equivalence(env_id, kwargs, samples, gamma)
     x_pairs, q_true = empirical_mdp_values(records, n_s, n_a, gamma)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DivergenceWarning)
-        model = tdntk.TDNTK(NET, data, 1e-3, target=SoftTarget(1.0))
+        model = tdntk.TDNTK(NET, data, Schedule(1e-3, SoftTarget(1.0)))
         q = model.predict(x_pairs, np.inf, full_cov=False).mean[0]
     assert model.dynamics.rank == len(x_pairs)  # one direction per distinct input
     np.testing.assert_allclose(q, q_true, rtol=1e-8, atol=1e-8 * np.abs(q_true).max())
@@ -134,8 +134,8 @@ def test_estimators_agree_on_deterministic_data(env_id):
     kwargs = {"is_slippery": False} if env_id == "FrozenLake-v1" else {}
     data, records, n_s, n_a = tabular_dataset(env_id, 2, 0.9, **kwargs)
     x_pairs, q_true = empirical_mdp_values(records, n_s, n_a, 0.9)
-    td = tdntk.TDNTK(NET, data, 1e-3, target=SoftTarget(0.3)).predict(x_pairs, np.inf)
-    rg = tdntk.TDNTK(NET, data, 1e-3).predict(x_pairs, np.inf)
+    td = tdntk.TDNTK(NET, data, Schedule(1e-3, SoftTarget(0.3))).predict(x_pairs, np.inf)
+    rg = tdntk.TDNTK(NET, data, Schedule(1e-3)).predict(x_pairs, np.inf)
     scale = np.abs(q_true).max()
     np.testing.assert_allclose(td.mean[0], q_true, atol=1e-8 * scale)
     np.testing.assert_allclose(rg.mean[0], q_true, atol=1e-6 * scale)
@@ -145,11 +145,11 @@ def test_bellman_fixed_point_of_the_target_network(problem):
     """tau > 0, distinct inputs: Q(X) = r + G P Q(X'') in the mean at t = inf;
     tau = 0: the primary regresses onto r + G P Q0(X''), whose mean is r."""
     data, _ = problem
-    td = tdntk.TDNTK(NET, data, 0.05, target=SoftTarget(0.2))
+    td = tdntk.TDNTK(NET, data, Schedule(0.05, SoftTarget(0.2)))
     q = td.predict(data.x, np.inf).mean[0]
     q_next = td.predict(data.x_next_flat, np.inf).mean[0]
     np.testing.assert_allclose(q, data.reward + data.bellman(q_next), atol=1e-8)
-    frozen = tdntk.TDNTK(NET, data, 0.05, target=SoftTarget(0.0))
+    frozen = tdntk.TDNTK(NET, data, Schedule(0.05, SoftTarget(0.0)))
     np.testing.assert_allclose(frozen.predict(data.x, np.inf).mean[0], data.reward, atol=1e-8)
 
 
@@ -170,8 +170,8 @@ def two_state_chain(gamma):
 def test_diverging_td_warns_and_gives_nan(time):
     data = two_state_chain(0.9)
     with pytest.warns(DivergenceWarning, match="diverges"):
-        model = tdntk.TDNTK(LINEAR, data, 0.1, target=SoftTarget(0.5), time=time)
-    assert not model.dynamics.converges
+        model = tdntk.TDNTK(LINEAR, data, Schedule(0.1, SoftTarget(0.5), time=time))
+        assert not model.dynamics.converges  # warns when the dynamics are built
     pred = model.predict(np.array([[1.0], [2.0]]), [10.0, np.inf])
     assert np.all(np.isfinite(pred.mean[0])) and np.all(np.isnan(pred.mean[1]))
     # finite t is still exact: TD with a target on w (eq. 12/13), integrated by hand
@@ -184,7 +184,7 @@ def test_diverging_td_warns_and_gives_nan(time):
     # the residual gradient converges on the same data
     with warnings.catch_warnings():
         warnings.simplefilter("error", DivergenceWarning)
-        assert tdntk.TDNTK(LINEAR, data, 0.1, time=time).dynamics.converges
+        assert tdntk.TDNTK(LINEAR, data, Schedule(0.1, time=time)).dynamics.converges
 
 
 @pytest.mark.parametrize("time", ["continuous", "discrete"])
@@ -192,7 +192,7 @@ def test_stable_td_does_not_warn_and_reaches_its_fixed_point(time):
     data = two_state_chain(0.4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model = tdntk.TDNTK(LINEAR, data, 0.1, target=SoftTarget(0.5), time=time)
+        model = tdntk.TDNTK(LINEAR, data, Schedule(0.1, SoftTarget(0.5), time=time))
         pred = model.predict(np.array([[1.0], [2.0]]), np.inf)
     w = 1.0 / (1.0 - 2 * 0.4)
     np.testing.assert_allclose(pred.mean[0], [w, 2 * w], rtol=1e-12)
@@ -200,9 +200,10 @@ def test_stable_td_does_not_warn_and_reaches_its_fixed_point(time):
 
 def test_diverging_discrete_residual_gradient_gives_nan(problem):
     data, x_test = problem
-    crit = tdntk.TDNTK(NET, data, 0.05).dynamics.max_stable_learning_rate
+    crit = tdntk.TDNTK(NET, data, Schedule(0.05)).max_stable_learning_rate
     with pytest.warns(DivergenceWarning, match="eta l_max"):
-        model = tdntk.TDNTK(NET, data, 1.5 * crit, time="discrete")
+        model = tdntk.TDNTK(NET, data, Schedule(1.5 * crit, time="discrete"))
+        model.dynamics  # noqa: B018 - the warnings come with the dynamics
     pred = model.predict(x_test, [5, np.inf])
     assert np.all(np.isfinite(pred.mean[0])) and np.all(np.isnan(pred.mean[1]))
 
@@ -211,7 +212,7 @@ def test_singular_td_system_has_no_fixed_point():
     """gamma = 1 and no terminal transition: a cycle A -> B -> A has no finite value."""
     a, b = np.eye(2)
     data = Transitions.from_gamma([a, b], [1.0, 0.0], [b, a], 1.0)
-    model = tdntk.TDNTK(NET, data, 0.05, target=SoftTarget(0.5))
+    model = tdntk.TDNTK(NET, data, Schedule(0.05, SoftTarget(0.5)))
     with pytest.warns(DivergenceWarning, match="no unique value|diverges"):
         pred = model.predict(np.eye(2), np.inf)
     assert np.all(np.isnan(pred.mean))
@@ -221,7 +222,7 @@ def test_singular_td_system_has_no_fixed_point():
 def test_large_t_equals_infinity_for_the_target_network():
     data = toy_transitions(dataset_states(), gamma=1.0)
     x = np.linspace(-0.5, 2.5, 31)[:, None]
-    model = tdntk.TDNTK(NET, data, 0.01, target=SoftTarget(0.1))
+    model = tdntk.TDNTK(NET, data, Schedule(0.01, SoftTarget(0.1)))
     pred = model.predict(x, [1e12, 1e16, np.inf])
     for i in (0, 1):
         np.testing.assert_allclose(pred.mean[i], pred.mean[2], atol=1e-8)
@@ -232,7 +233,7 @@ def test_filter_leaves_the_null_space_out_at_every_t():
     """Repeated inputs put exact zeros in Theta_bar's spectrum: they are dropped, so
     the answer at large t is the answer at t = inf."""
     data, x_test = branching_example()
-    model = tdntk.TDNTK(NET, data, 0.05)
+    model = tdntk.TDNTK(NET, data, Schedule(0.05))
     assert model.dynamics.rank == 3
     pred = model.predict(x_test, [1e14, np.inf])
     np.testing.assert_allclose(pred.mean[0], pred.mean[1], atol=1e-9)

@@ -21,11 +21,9 @@ from gymnasium.vector.utils import concatenate, create_empty_array
 
 from tdntk.cli import main
 from tdntk.datasets import (
-    EvaluateConfig,
     Features,
     OfflineData,
     collect,
-    evaluate,
     load_minari,
     load_npz,
     save_npz,
@@ -38,6 +36,7 @@ from tdntk.datasets.spaces import (
     space_from_json,
     space_to_json,
 )
+from tdntk.experiments.evaluate import EvaluateConfig, evaluate
 
 BLACKJACK_SIZES = (32, 11, 2)  # Tuple(Discrete(32), Discrete(11), Discrete(2))
 

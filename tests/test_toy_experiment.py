@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import tdntk
 from tdntk.cli import main
 from tdntk.experiments.toy import PRESETS, ToyConfig
 
@@ -149,8 +150,10 @@ def test_ensemble_numbers_agree_across_files(tiny_run):
 def test_cli_help_lists_the_config_fields():
     result = CliRunner().invoke(main, ["toy", "--help"])
     assert result.exit_code == 0
-    for field in dataclasses.fields(ToyConfig):
+    leaves = [f for f in dataclasses.fields(ToyConfig) if f.name != "net"]
+    for field in leaves + list(dataclasses.fields(tdntk.MLP)):
         assert "--" + field.name.replace("_", "-") in result.output
+    assert "[relu|erf|identity]" in result.output and "--net" not in result.output
     assert "--preset [paper|quick|tiny]" in result.output
 
 

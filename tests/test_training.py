@@ -21,7 +21,7 @@ import pytest
 from conftest import make_problem
 
 import tdntk
-from tdntk import SoftTarget
+from tdntk import Schedule, SoftTarget
 from tdntk import training as training_module
 from tdntk.empirical import linearised_ensemble
 from tdntk.training import default_record_steps, init_ensemble, train_ensemble
@@ -94,10 +94,19 @@ def test_vectorised_ensemble_equals_each_member_alone(member_map, tau, hard_ever
     data, x_eval = make_problem(seed=1)
     record = [0, 2, 7]
     res = train_ensemble(
-        SMALL, data, 0.05, 7, 3, x_eval, target=None if tau is None else SoftTarget(tau),
-        seed=4, hard_update_every=hard_every, record_steps=[2], dtype=jnp.float64,
-        progress=False, member_map=member_map,
-    )  # fmt: skip
+        SMALL,
+        data,
+        Schedule(0.05, None if tau is None else SoftTarget(tau)),
+        7,
+        3,
+        x_eval,
+        seed=4,
+        hard_update_every=hard_every,
+        record_steps=[2],
+        dtype=jnp.float64,
+        progress=False,
+        member_map=member_map,
+    )
     np.testing.assert_array_equal(res.steps, record)
     assert res.q.shape == (3, 3, x_eval.shape[0]) and res.member_map == member_map
     # res.params0 are init_ensemble's (test_init_ensemble_members_are_reproducible_alone)
@@ -118,10 +127,12 @@ def test_vectorised_ensemble_equals_each_member_alone(member_map, tau, hard_ever
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
     data, x_eval = make_problem(seed=2)
     kwargs = dict(
-        target=SoftTarget(0.2), hard_update_every=5, record_steps=[3, 6, 9], record_params=True,
+        hard_update_every=5, record_steps=[3, 6, 9], record_params=True,
         progress=False, params0=normal_params(SMALL, 3, 2, seed=1),
     )  # fmt: skip
-    full = train_ensemble(SMALL, data, 0.05, 12, 2, x_eval, checkpoint_dir=tmp_path / "a", **kwargs)
+    schedule = Schedule(0.05, SoftTarget(0.2))
+    full = train_ensemble(SMALL, data, schedule, 12, 2, x_eval, checkpoint_dir=tmp_path / "a",
+                          **kwargs)  # fmt: skip
 
     real_write = training_module._write_checkpoint
     calls = []
@@ -134,10 +145,11 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
 
     monkeypatch.setattr(training_module, "_write_checkpoint", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        train_ensemble(SMALL, data, 0.05, 12, 2, x_eval, checkpoint_dir=tmp_path / "b", **kwargs)
+        train_ensemble(SMALL, data, schedule, 12, 2, x_eval, checkpoint_dir=tmp_path / "b",
+                       **kwargs)  # fmt: skip
     monkeypatch.setattr(training_module, "_write_checkpoint", real_write)
     resumed = train_ensemble(
-        SMALL, data, 0.05, 12, 2, x_eval, checkpoint_dir=tmp_path / "b", resume=True, **kwargs
+        SMALL, data, schedule, 12, 2, x_eval, checkpoint_dir=tmp_path / "b", resume=True, **kwargs
     )
     # same compiled step from the same state: bit-for-bit equal
     for name in ("steps", "q", "loss", "param_distance", "param_rms"):
@@ -150,8 +162,9 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="learning_rate"):
         train_ensemble(
-            SMALL, data, 0.07, 12, 2, x_eval, checkpoint_dir=tmp_path / "b", resume=True, **kwargs
-        )
+            SMALL, data, Schedule(0.07, SoftTarget(0.2)), 12, 2, x_eval,
+            checkpoint_dir=tmp_path / "b", resume=True, **kwargs,
+        )  # fmt: skip
 
 
 def test_gap_to_linearisation_shrinks_with_width():
@@ -165,11 +178,18 @@ def test_gap_to_linearisation_shrinks_with_width():
     for width in (64, 256, 1024):
         net = tdntk.MLP(depth=2, width=width)
         res = train_ensemble(
-            net, data, lr, steps, members, x_eval, record_steps=[], progress=False,
+            net,
+            data,
+            Schedule(lr),
+            steps,
+            members,
+            x_eval,
+            record_steps=[],
+            progress=False,
             params0=normal_params(net, data.input_dim, members, seed=width),
-        )  # fmt: skip
+        )
         q_lin = linearised_ensemble(
-            net, res.params0, data, x_eval, steps, lr, time="discrete", progress=False
+            net, res.params0, data, x_eval, steps, Schedule(lr, time="discrete"), progress=False
         )[:, 0]
         gaps.append(np.mean(np.sqrt(np.mean((res.q[-1] - q_lin) ** 2, axis=1))))
         moves.append(np.mean(np.sqrt(np.mean((q_lin - res.q[0]) ** 2, axis=1))))
@@ -201,10 +221,19 @@ def test_wide_ensemble_matches_analytic_closed_form():
     net = tdntk.MLP(depth=1, width=1024)
     members, lr, steps = 4096, 0.05, 40
     res = train_ensemble(
-        net, data, lr, steps, members, x_eval, record_steps=[], progress=False,
+        net,
+        data,
+        Schedule(lr),
+        steps,
+        members,
+        x_eval,
+        record_steps=[],
+        progress=False,
         params0=normal_params(net, data.input_dim, members, seed=0),
-    )  # fmt: skip
-    pred = tdntk.TDNTK(net, data, lr, time="discrete").predict(x_eval, [0, steps], full_cov=False)
+    )
+    pred = tdntk.TDNTK(net, data, Schedule(lr, time="discrete")).predict(
+        x_eval, [0, steps], full_cov=False
+    )
     mean_mc, var_mc = res.q.mean(axis=1), res.q.var(axis=1, ddof=1)
     se_mean = np.sqrt(pred.var / members)
     se_var = pred.var * np.sqrt(2 / (members - 1))
@@ -226,13 +255,13 @@ _SHARDED_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from conftest import make_problem
     from test_training import SMALL, normal_params
-    from tdntk import SoftTarget
+    from tdntk import Schedule, SoftTarget
     from tdntk.training import train_ensemble
     assert jax.device_count() == 4, jax.devices()
     data, x_eval = make_problem(seed=1)
     out = {{}}
     for mm in ("map", "vmap"):
-        res = train_ensemble(SMALL, data, 0.05, 9, 6, x_eval, target=SoftTarget(0.3),
+        res = train_ensemble(SMALL, data, Schedule(0.05, SoftTarget(0.3)), 9, 6, x_eval,
                              hard_update_every=3, dtype=jnp.float64, progress=False,
                              member_map=mm, params0=normal_params(SMALL, 3, 6, seed=6))
         assert res.devices == 4
@@ -256,10 +285,18 @@ def test_sharded_over_four_devices_equals_unsharded(tmp_path):
     data, x_eval = make_problem(seed=1)
     for mm in ("map", "vmap"):
         res = train_ensemble(
-            SMALL, data, 0.05, 9, 6, x_eval, target=SoftTarget(0.3), hard_update_every=3,
-            dtype=jnp.float64, progress=False, member_map=mm,
+            SMALL,
+            data,
+            Schedule(0.05, SoftTarget(0.3)),
+            9,
+            6,
+            x_eval,
+            hard_update_every=3,
+            dtype=jnp.float64,
+            progress=False,
+            member_map=mm,
             params0=normal_params(SMALL, 3, 6, seed=6),
-        )  # fmt: skip
+        )
         assert res.devices == 1
         # float64, the same per-member arithmetic on each device: 1e-12 relative
         np.testing.assert_allclose(sharded[mm + "_q"], res.q, rtol=1e-12, atol=1e-13)
@@ -291,16 +328,14 @@ def test_default_record_steps_and_input_validation():
         (dict(steps=2.5), "steps must be an integer"),
         (dict(members=0), "members must be an integer >= 1"),
         (dict(x_eval=x_eval[:, :2]), r"x_eval must have shape \(m, 3\)"),
-        (dict(learning_rate=-1.0), "learning_rate must be finite and > 0"),
         (dict(hard_update_every=4), "hard_update_every needs a target"),
-        (dict(target=SoftTarget(1.5)), "tau must be <= 1"),
+        (dict(schedule=Schedule(0.01, SoftTarget(1.5))), "tau must be <= 1"),
         (dict(record_steps=[20]), r"record_steps must lie in \[0, steps=5\]"),
-        (dict(loss="max"), "loss must be one of"),
         (dict(member_map="pmap"), "member_map must be one of"),
         (dict(resume=True), "resume=True needs a checkpoint_dir"),
         (dict(params0=normal_params(SMALL, 3, 3, seed=0)), "params0 must have the layout"),
     ]
-    base = dict(steps=5, members=2, x_eval=x_eval, learning_rate=0.01, progress=False)
+    base = dict(steps=5, members=2, x_eval=x_eval, schedule=Schedule(0.01), progress=False)
     for change, message in bad:
         with pytest.raises(ValueError, match=message):
             train_ensemble(SMALL, data, **{**base, **change})
@@ -323,9 +358,9 @@ def test_learning_rate_above_critical_rate_warns(tau):
     evals = np.linalg.eigvalsh(ntk[:n, :n])
     critical = 2.0 / (evals[0] + evals[-1])
     target = None if tau is None else SoftTarget(tau)
-    base = dict(steps=1, members=1, x_eval=x_eval, target=target, progress=False)
+    base = dict(steps=1, members=1, x_eval=x_eval, progress=False)
     with pytest.warns(tdntk.LearningRateWarning, match="train_ensemble: learning_rate"):
-        train_ensemble(SMALL, data, learning_rate=1.01 * critical, **base)
+        train_ensemble(SMALL, data, Schedule(1.01 * critical, target), **base)
     with warnings.catch_warnings():
         warnings.simplefilter("error", tdntk.LearningRateWarning)
-        train_ensemble(SMALL, data, learning_rate=0.99 * critical, **base)
+        train_ensemble(SMALL, data, Schedule(0.99 * critical, target), **base)

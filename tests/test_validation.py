@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tdntk
-from tdntk import SoftTarget, Transitions
+from tdntk import Schedule, SoftTarget, Transitions
 
 X = np.zeros((4, 2))
 R = np.zeros(4)
@@ -65,7 +65,7 @@ def test_discounts_mask_terminal_transitions():
 @pytest.fixture
 def model():
     data = Transitions(np.eye(4, 2), R + 1, np.eye(4, 2)[::-1], G)
-    return tdntk.TDNTK(tdntk.MLP(1, 8), data, 0.01)
+    return tdntk.TDNTK(tdntk.MLP(1, 8), data, Schedule(0.01))
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,7 @@ def test_bad_times(model, t, match):
 
 def test_fractional_steps_in_discrete_time():
     data = Transitions(np.eye(4, 2), R, np.eye(4, 2), G)
-    model = tdntk.TDNTK(tdntk.MLP(1, 8), data, 0.01, time="discrete")
+    model = tdntk.TDNTK(tdntk.MLP(1, 8), data, Schedule(0.01, time="discrete"))
     with pytest.raises(ValueError, match="whole numbers of steps"):
         model.predict(np.zeros((2, 2)), 1.5)
 
@@ -105,7 +105,7 @@ def test_bad_tau(tau):
 def test_discrete_tau_above_one():
     data = Transitions(X, R, X, G)
     with pytest.raises(ValueError, match="tau must be <= 1"):
-        tdntk.TDNTK(tdntk.MLP(1, 8), data, 0.01, target=SoftTarget(2.0), time="discrete")
+        tdntk.TDNTK(tdntk.MLP(1, 8), data, Schedule(0.01, SoftTarget(2.0), time="discrete"))
 
 
 @pytest.mark.parametrize(
@@ -116,13 +116,18 @@ def test_discrete_tau_above_one():
         (dict(time="euler"), "time must be one of"),
         (dict(loss="max"), "loss must be one of"),
         (dict(target=0.1), "target must be None or a SoftTarget"),
+        (dict(learning_rate=True), "learning_rate must be finite and > 0"),
     ],
 )
-def test_bad_model_arguments(kwargs, match):
-    data = Transitions(X, R, X, G)
+def test_bad_schedule(kwargs, match):
     args = dict(learning_rate=0.01) | kwargs
     with pytest.raises((ValueError, TypeError), match=match):
-        tdntk.TDNTK(tdntk.MLP(1, 8), data, **args)
+        Schedule(**args)
+
+
+def test_model_needs_a_schedule():
+    with pytest.raises(TypeError, match="schedule must be a Schedule"):
+        tdntk.TDNTK(tdntk.MLP(1, 8), Transitions(X, R, X, G), 0.01)
 
 
 def test_bad_initial_outputs(model):
@@ -132,6 +137,6 @@ def test_bad_initial_outputs(model):
 
 def test_data_and_kernels_types():
     with pytest.raises(TypeError, match="data must be a Transitions"):
-        tdntk.TDNTK(tdntk.MLP(1, 8), {"x": X}, 0.01)
+        tdntk.TDNTK(tdntk.MLP(1, 8), {"x": X}, Schedule(0.01))
     with pytest.raises(TypeError, match="kernels must be an MLP"):
-        tdntk.TDNTK(3, Transitions(X, R, X, G), 0.01)
+        tdntk.TDNTK(3, Transitions(X, R, X, G), Schedule(0.01))

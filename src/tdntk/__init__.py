@@ -10,7 +10,17 @@ state: float64 is taken locally (NumPy/SciPy for the closed form,
 """
 
 from .data import Transitions, discounts
-from .dynamics import DivergenceWarning, LearningRateWarning, SoftTarget, TDDynamics
+from .dynamics import (
+    DivergenceWarning,
+    LearningRateWarning,
+    Schedule,
+    SoftTarget,
+    Spectrum,
+    Stability,
+    TDDynamics,
+    driving_spectrum,
+    stability,
+)
 from .empirical import (
     EmpiricalKernels,
     empirical_ntk,
@@ -20,7 +30,7 @@ from .empirical import (
     parameter_trajectory,
 )
 from .nets import MLP
-from .predict import TDNTK, Prediction
+from .predict import TDNTK, Prediction, critical_learning_rate
 from .training import EnsembleResult, init_ensemble, train_ensemble
 
 __all__ = [
@@ -28,7 +38,13 @@ __all__ = [
     "Transitions",
     "discounts",
     "SoftTarget",
+    "Schedule",
+    "Spectrum",
+    "Stability",
     "TDDynamics",
+    "driving_spectrum",
+    "stability",
+    "critical_learning_rate",
     "TDNTK",
     "Prediction",
     "LearningRateWarning",

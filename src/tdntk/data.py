@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Transitions", "discounts"]
+__all__ = ["Transitions", "discounts", "check_probability_rows"]
 
 
 def discounts(gamma: float, terminated) -> np.ndarray:
@@ -24,6 +24,17 @@ def discounts(gamma: float, terminated) -> np.ndarray:
     if terminated.ndim != 1:
         raise ValueError(f"terminated must have shape (n,), got shape {terminated.shape}")
     return gamma * (1.0 - terminated.astype(np.float64))
+
+
+def check_probability_rows(name: str, probs: np.ndarray) -> np.ndarray:
+    """Require (n, k) rows of probabilities: entries >= 0, each row summing to 1 (1e-6)."""
+    if np.any(probs < 0):
+        raise ValueError(f"{name}: probabilities must be >= 0")
+    sums = probs.sum(axis=1)
+    if not np.allclose(sums, 1.0, rtol=0, atol=1e-6):
+        worst = int(np.argmax(np.abs(sums - 1)))
+        raise ValueError(f"{name}: each row must sum to 1 (row {worst} sums to {sums[worst]:.6g})")
+    return probs
 
 
 def _float_array(name, value, ndim_allowed):
@@ -106,15 +117,7 @@ class Transitions:
                     f"Transitions.next_weights: expected shape ({n}, {k}) to match x_next, "
                     f"got {weights.shape}"
                 )
-            if np.any(weights < 0):
-                raise ValueError("Transitions.next_weights: probabilities must be >= 0")
-            sums = weights.sum(axis=1)
-            if not np.allclose(sums, 1.0, rtol=0, atol=1e-6):
-                worst = int(np.argmax(np.abs(sums - 1)))
-                raise ValueError(
-                    "Transitions.next_weights: each row must sum to 1 "
-                    f"(row {worst} sums to {sums[worst]:.6g})"
-                )
+            check_probability_rows("Transitions.next_weights", weights)
         for name, arr in (
             ("x", x),
             ("reward", reward),

@@ -61,9 +61,14 @@ from .data import Transitions
 
 __all__ = [
     "SoftTarget",
+    "Schedule",
+    "Spectrum",
+    "Stability",
     "TDDynamics",
     "LearningRateWarning",
     "DivergenceWarning",
+    "driving_spectrum",
+    "stability",
     "check_times",
 ]
 
@@ -96,6 +101,58 @@ class SoftTarget:
     def __post_init__(self):
         if not np.isfinite(self.tau) or self.tau < 0:
             raise ValueError(f"SoftTarget: tau must be finite and >= 0, got {self.tau!r}")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How the networks are trained: the one object every entry point takes.
+
+    Args:
+        learning_rate: eta > 0, per gradient step of the `loss`.
+        target: None for a single Q-network (the residual-gradient estimator,
+            paper sec. 4.1), or `SoftTarget(tau)` for TD with a soft target
+            network (paper sec. 4.2); in discrete time tau is a fraction per
+            step in [0, 1], in continuous time a rate >= 0.
+        time: "continuous" (gradient flow, the paper; t any real >= 0) or
+            "discrete" (exact gradient descent of the linearised network; t
+            whole steps).
+        loss: "sum" (paper eq. 6/14) or "mean" (divided by n, which equals
+            learning rate eta / n).
+    """
+
+    learning_rate: float
+    target: SoftTarget | None = None
+    time: str = "continuous"
+    loss: str = "sum"
+
+    def __post_init__(self):
+        lr = self.learning_rate
+        number = isinstance(lr, int | float | np.floating | np.integer) and not isinstance(lr, bool)
+        if not number or not np.isfinite(lr) or lr <= 0:
+            raise ValueError(f"Schedule: learning_rate must be finite and > 0, got {lr!r}")
+        if self.target is not None and not isinstance(self.target, SoftTarget):
+            raise TypeError(
+                f"Schedule: target must be None or a SoftTarget(tau), got {self.target!r}"
+            )
+        if self.time not in TIMES:
+            raise ValueError(f"Schedule: time must be one of {TIMES}, got {self.time!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"Schedule: loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.time == "discrete" and self.target is not None and self.target.tau > 1:
+            raise ValueError(
+                f"Schedule: SoftTarget.tau must be <= 1 with time='discrete' (a fraction per "
+                f"step, eq. 12), got {self.target.tau}; in continuous time tau is a rate and "
+                "may exceed 1"
+            )
+
+    @property
+    def estimator(self) -> str:
+        """"td" (with a target network) or "residual-gradient" (a single Q-network)."""
+        return "residual-gradient" if self.target is None else "td"
+
+    def eta(self, n: int) -> float:
+        """The rate of the summed loss: learning_rate, or learning_rate / n for "mean"."""
+        return self.learning_rate / (n if self.loss == "mean" else 1)
 
 
 def check_times(t, time: str = "continuous") -> np.ndarray:
@@ -135,89 +192,186 @@ def range_basis(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return evals, evals[keep], vecs[:, keep]
 
 
-class TDDynamics:
-    """Closed-form linearised TD dynamics built once from the NTK on the data.
+@dataclass(frozen=True, eq=False)
+class Spectrum:
+    """The driving kernel of one estimator, factorised on its numerical range.
+
+    No learning rate enters: one `Spectrum` serves every `Schedule` of its estimator.
+
+    Attributes:
+        eigenvalues: (n,) all eigenvalues, ascending, clipped at 0 (eq. 11 reads them).
+        values: (r,) the range's eigenvalues l.
+        basis: (n, r) orthonormal basis Q of the range.
+        bootstrap: TD only: S = Q^T G P Theta_X''X Q (r, r); None for the residual gradient.
+    """
+
+    eigenvalues: np.ndarray
+    values: np.ndarray
+    basis: np.ndarray
+    bootstrap: np.ndarray | None
+
+    @property
+    def rank(self) -> int:
+        return self.basis.shape[1]
+
+    def critical_learning_rate(self, loss: str = "sum") -> float:
+        """eq. 11: ``2 / (l_max + l_min)``, in the convention of `loss` (x n for "mean")."""
+        l = self.eigenvalues
+        return float(2.0 / (l[-1] + l[0]) * (l.size if loss == "mean" else 1))
+
+    def max_stable_learning_rate(self, loss: str = "sum") -> float:
+        """``2 / l_max``: above it discrete gradient descent on the driving kernel diverges."""
+        return float(2.0 / self.eigenvalues[-1] * (self.eigenvalues.size if loss == "mean" else 1))
+
+
+def driving_spectrum(ntk_xx, ntk_xn, ntk_nn, data: Transitions, td: bool) -> Spectrum:
+    """The `Spectrum` of Theta_bar (residual gradient, eq. 9/30) or Theta_XX (TD).
 
     Args:
         ntk_xx: (n, n) Theta(X, X).
         ntk_xn: (n, n k) Theta(X, X'') with X'' = ``data.x_next_flat``.
-        ntk_nn: (n k, n k) Theta(X'', X'').
+        ntk_nn: (n k, n k) Theta(X'', X'') (unused for TD).
         data: the transitions (only the discounts and next weights are used).
-        learning_rate: eta > 0.
-        target: ``None`` for a single Q-network (residual gradient), or a
-            `SoftTarget` (TD with a target network).
-        time: "continuous" (gradient flow, the paper) or "discrete" (exact
-            linearised gradient descent, t integer).
-        loss: "sum" (paper eq. 6/14) or "mean" (divides the loss by n, which
-            is the same as learning rate eta / n).
+        td: True for TD with a target network, False for the residual gradient.
+    """
+    if not isinstance(data, Transitions):
+        raise TypeError(f"data must be a Transitions, got {type(data).__name__}")
+    n, nk = data.n, data.n * data.k
+    xx = _check_square("ntk_xx", ntk_xx, n)
+    xn = np.asarray(ntk_xn, dtype=np.float64)
+    if xn.shape != (n, nk):
+        raise ValueError(f"driving_spectrum: ntk_xn must have shape ({n}, {nk}), got {xn.shape}")
+    gp_ntk_nx = data.bellman(xn.T)  # G P Theta(X'', X): (n, n), the bootstrapped block of eq. 17
+    if td:
+        evals, values, basis = range_basis(xx)
+        return Spectrum(evals, values, basis, basis.T @ gp_ntk_nx @ basis)
+    nn = _check_square("ntk_nn", ntk_nn, nk)
+    # eq. 9/30: Theta_bar = Theta_XX - Theta_XX'' (GP)^T - GP Theta_X''X + GP Theta'' (GP)^T
+    theta_bar = xx - gp_ntk_nx - gp_ntk_nx.T + data.bellman(data.bellman(nn).T)
+    return Spectrum(*range_basis(theta_bar), None)
+
+
+@dataclass(frozen=True)
+class Stability:
+    """What a `Schedule` does on a `Spectrum` (`stability`).
 
     Attributes:
-        eigenvalues: (n,) spectrum of the driving kernel (Theta_bar, or Theta_XX
-            with a target network), ascending, clipped at 0.
-        basis: (n, r) orthonormal basis of its numerical range.
-        converges: whether the dynamics have a limit as t -> inf.
+        critical_learning_rate: eq. 11 for the driving kernel (`loss` convention).
+        max_stable_learning_rate: 2 / l_max of the driving kernel.
+        converges: whether the linearised dynamics have a limit as t -> inf.
         growth: the number that decides it: the largest real part of M's
-            eigenvalues (continuous, target), the spectral radius of the step
-            map (discrete), or ``eta l_max`` (discrete, single network).
+            eigenvalues (TD, continuous), the spectral radius of the step map
+            (discrete), ``eta l_max`` (residual gradient or a frozen target,
+            discrete) or ``-eta l_min`` (continuous, always convergent).
+        cause: why it diverges ("" when it converges).
     """
 
-    def __init__(
-        self,
-        ntk_xx,
-        ntk_xn,
-        ntk_nn,
-        data: Transitions,
-        learning_rate: float,
-        target: SoftTarget | None = None,
-        time: str = "continuous",
-        loss: str = "sum",
-    ):
-        if not isinstance(data, Transitions):
-            raise TypeError(f"data must be a Transitions, got {type(data).__name__}")
-        if not np.isfinite(learning_rate) or learning_rate <= 0:
-            raise ValueError(f"learning_rate must be finite and > 0, got {learning_rate!r}")
-        if target is not None and not isinstance(target, SoftTarget):
-            raise TypeError(f"target must be None or a SoftTarget, got {target!r}")
-        if time not in TIMES:
-            raise ValueError(f"time must be one of {TIMES}, got {time!r}")
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        if time == "discrete" and target is not None and target.tau > 1:
+    critical_learning_rate: float
+    max_stable_learning_rate: float
+    converges: bool
+    growth: float
+    cause: str
+
+
+def stability(spectrum: Spectrum, schedule: Schedule) -> Stability:
+    """Critical rates (eq. 11) and convergence of `schedule` on `spectrum` (module docstring)."""
+    n = spectrum.eigenvalues.size
+    eta = schedule.eta(n)
+    l = spectrum.values
+    crit = spectrum.critical_learning_rate(schedule.loss)
+    top = spectrum.max_stable_learning_rate(schedule.loss)
+    eta_lmax = eta * (l[-1] if l.size else 0.0)
+    tau = None if schedule.target is None else schedule.target.tau
+    if tau is None or tau == 0:  # gradient flow on a PSD kernel, or onto a fixed target
+        if schedule.time == "continuous":
+            return Stability(crit, top, True, -eta * (l[0] if l.size else 0.0), "")
+        return Stability(crit, top, eta_lmax < 2, eta_lmax, (
+            f"eta l_max = {eta_lmax:.4g} >= 2: gradient descent on the linearised network "
+            f"diverges (learning_rate above 2 / l_max = {top:.4g})"
+        ))  # fmt: skip
+    if schedule.time == "continuous":
+        lam = np.linalg.eigvals(_generator(spectrum, eta, tau)) if l.size else np.zeros(1)
+        growth = float(lam.real.max())
+        converges = growth <= DIVERGENCE_RTOL * float(np.abs(lam).max())
+        return Stability(crit, top, converges, growth, (
+            f"TD with a target network diverges on this data: the generator M has an "
+            f"eigenvalue with real part {growth:.3g} > 0 (the deadly triad; eq. 11's rate does "
+            "not prevent it). The residual-gradient estimator (target=None) always converges"
+        ))  # fmt: skip
+    if tau == 1:  # the target copies the primary: the step map acts like I - eta (L - S)
+        step = np.eye(l.size) - eta * (np.diag(l) - spectrum.bootstrap)
+    else:
+        step = _discrete_step(spectrum, eta, tau)[0]
+    radius = float(np.abs(np.linalg.eigvals(step)).max()) if l.size else 0.0
+    return Stability(crit, top, radius <= 1 + DIVERGENCE_RTOL, radius, (
+        f"TD with a target network diverges in discrete time on this data: the step map of "
+        f"eq. 12 has spectral radius {radius:.6g} > 1 (eta l_max = {eta_lmax:.4g})"
+    ))  # fmt: skip
+
+
+def _generator(spectrum: Spectrum, eta: float, tau: float) -> np.ndarray:
+    """M (2r, 2r) of the reduced dual dynamics (module docstring)."""
+    eye = np.eye(spectrum.rank)
+    return np.block(
+        [[-eta * np.diag(spectrum.values), eta * spectrum.bootstrap], [tau * eye, -tau * eye]]
+    )
+
+
+def _discrete_step(spectrum: Spectrum, eta: float, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    """One GD step then the soft update (eq. 12): x -> A x + B c on x = [a; b]."""
+    r = spectrum.rank
+    eye = np.eye(r)
+    primary = np.hstack([eye - eta * np.diag(spectrum.values), eta * spectrum.bootstrap])
+    target = (1 - tau) * np.hstack([np.zeros((r, r)), eye]) + tau * primary
+    return np.vstack([primary, target]), np.vstack([eye, tau * eye])
+
+
+class TDDynamics:
+    """Closed-form linearised TD dynamics of one `Schedule` on one `Spectrum`.
+
+    Args:
+        spectrum: the driving kernel's `Spectrum` (`driving_spectrum`), of the
+            schedule's estimator.
+        data: the transitions (discounts and next weights).
+        schedule: learning rate, target, time and loss.
+
+    Warns:
+        `LearningRateWarning` above the critical rate of eq. 11 or 2 / l_max;
+        `DivergenceWarning` when the dynamics diverge (t = inf is then NaN).
+
+    Attributes:
+        basis: (n, r) orthonormal basis of the driving kernel's numerical range.
+        stability: the `Stability` (critical rates, convergence).
+    """
+
+    def __init__(self, spectrum: Spectrum, data: Transitions, schedule: Schedule):
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+        if (spectrum.bootstrap is not None) != (schedule.target is not None):
+            kind = "td" if spectrum.bootstrap is not None else "residual-gradient"
             raise ValueError(
-                f"SoftTarget.tau must be <= 1 with time='discrete' (a fraction per step, "
-                f"eq. 12), got {target.tau}; in continuous time tau is a rate and may exceed 1"
+                f"TDDynamics: the spectrum is of the {kind} estimator but the schedule's "
+                f"is {schedule.estimator}"
             )
-        n, nk = data.n, data.n * data.k
         self.data = data
-        self.learning_rate = float(learning_rate)
-        self.eta = self.learning_rate / (n if loss == "mean" else 1)
-        self.target = target
-        self.time = time
-        self.loss = loss
-        xx = _check_square("ntk_xx", ntk_xx, n)
-        nn = _check_square("ntk_nn", ntk_nn, nk)
-        xn = np.asarray(ntk_xn, dtype=np.float64)
-        if xn.shape != (n, nk):
-            raise ValueError(f"TDDynamics: ntk_xn must have shape ({n}, {nk}), got {xn.shape}")
-        # G P Theta(X'', X): (n, n), the bootstrapped block of eq. 17.
-        gp_ntk_nx = data.bellman(xn.T)
-        if target is None:
-            # eq. 9/30: Theta_bar = Theta_XX - Theta_XX'' (GP)^T - GP Theta_X''X + GP Theta'' (GP)^T
-            gp_nn_gp = data.bellman(data.bellman(nn).T)
-            driving = xx - gp_ntk_nx - gp_ntk_nx.T + gp_nn_gp
-        else:
-            driving = xx
-        self.eigenvalues, self._l, self.basis = range_basis(driving)
-        if target is not None:
-            self._s = self.basis.T @ gp_ntk_nx @ self.basis  # S (r, r)
+        self.schedule = schedule
+        self.target = schedule.target
+        self.time = schedule.time
+        self.eta = schedule.eta(data.n)
+        self.spectrum = spectrum
+        self.basis = spectrum.basis
+        self._l = spectrum.values
+        if self.target is not None:
             self._cache: dict[float, tuple[np.ndarray, np.ndarray]] = {}
-            self._step = self._discrete_step() if time == "discrete" else None
+            discrete = self.time == "discrete"
+            self._step = _discrete_step(spectrum, self.eta, self.target.tau) if discrete else None
             self._fixed: np.ndarray | None = None
-        self.growth, self.converges, cause = self._stability()
+        self.stability = stability(spectrum, schedule)
         self._warn_learning_rate()
-        if not self.converges:
+        if not self.stability.converges:
             warnings.warn(
-                f"{cause}; the prediction at t = inf is NaN (finite t are computed exactly)",
+                f"{self.stability.cause}; the prediction at t = inf is NaN (finite t are "
+                "computed exactly)",
                 DivergenceWarning,
                 stacklevel=3,
             )
@@ -227,67 +381,24 @@ class TDDynamics:
         """r: the dimension of the driving kernel's numerical range."""
         return self.basis.shape[1]
 
-    # ------------------------------------------------------------------ stability
     @property
-    def critical_learning_rate(self) -> float:
-        """eq. 11: ``2 / (l_max + l_min)`` of the driving kernel, in the `loss` convention.
-
-        The driving kernel is Theta_bar (eq. 9) for a single network and
-        Theta_XX (the primary network's regression kernel) with a target network;
-        with a target network this does not decide convergence (see `converges`).
-        """
-        l = self.eigenvalues
-        return float(2.0 / (l[-1] + l[0]) * (self.learning_rate / self.eta))
-
-    @property
-    def max_stable_learning_rate(self) -> float:
-        """``2 / l_max``: above it discrete (linearised) gradient descent diverges."""
-        return float(2.0 / self.eigenvalues[-1] * (self.learning_rate / self.eta))
-
-    def _stability(self) -> tuple[float, bool, str]:
-        """(growth, converges, cause): see the class attributes."""
-        eta_lmax = self.eta * (self._l[-1] if self._l.size else 0.0)
-        tau = None if self.target is None else self.target.tau
-        if tau is None or tau == 0:  # the primary regresses onto a fixed target
-            if self.time == "continuous":
-                return -self.eta * (self._l[0] if self._l.size else 0.0), True, ""
-            return eta_lmax, eta_lmax < 2, (
-                f"eta l_max = {eta_lmax:.4g} >= 2: gradient descent on the linearised network "
-                f"diverges (learning_rate above 2 / l_max = {self.max_stable_learning_rate:.4g})"
-            )
-        if self.time == "continuous":
-            lam = np.linalg.eigvals(self._generator())
-            growth = float(lam.real.max())
-            tol = DIVERGENCE_RTOL * float(np.abs(lam).max())
-            return growth, growth <= tol, (
-                f"TD with a target network diverges on this data: the generator M has an "
-                f"eigenvalue with real part {growth:.3g} > 0 (the deadly triad; eq. 11's rate "
-                "does not prevent it). The residual-gradient estimator (target=None) always "
-                "converges"
-            )
-        if tau == 1:  # the target copies the primary: the step map acts like I - eta (L - S)
-            step = np.eye(self.rank) - self.eta * (np.diag(self._l) - self._s)
-            radius = float(np.abs(np.linalg.eigvals(step)).max()) if self.rank else 0.0
-        else:
-            radius = float(np.abs(np.linalg.eigvals(self._step[0])).max()) if self.rank else 0.0
-        return radius, radius <= 1 + DIVERGENCE_RTOL, (
-            f"TD with a target network diverges in discrete time on this data: the step map "
-            f"of eq. 12 has spectral radius {radius:.6g} > 1 (eta l_max = {eta_lmax:.4g})"
-        )
+    def converges(self) -> bool:
+        return self.stability.converges
 
     def _warn_learning_rate(self):
-        if self.learning_rate >= self.max_stable_learning_rate:
+        lr, st = self.schedule.learning_rate, self.stability
+        if lr >= st.max_stable_learning_rate:
             warnings.warn(
-                f"learning_rate={self.learning_rate:g} >= 2 / l_max = "
-                f"{self.max_stable_learning_rate:.4g}: discrete (linearised) gradient descent "
-                "diverges at this rate, and continuous time does not describe it",
+                f"learning_rate={lr:g} >= 2 / l_max = {st.max_stable_learning_rate:.4g}: "
+                "discrete (linearised) gradient descent diverges at this rate, and continuous "
+                "time does not describe it",
                 LearningRateWarning,
                 stacklevel=4,
             )
-        elif self.learning_rate > self.critical_learning_rate:
+        elif lr > st.critical_learning_rate:
             warnings.warn(
-                f"learning_rate={self.learning_rate:g} exceeds the critical rate "
-                f"{self.critical_learning_rate:.4g} of eq. 11: gradient descent may not follow "
+                f"learning_rate={lr:g} exceeds the critical rate "
+                f"{st.critical_learning_rate:.4g} of eq. 11: gradient descent may not follow "
                 "the continuous-time dynamics",
                 LearningRateWarning,
                 stacklevel=4,
@@ -354,7 +465,7 @@ class TDDynamics:
         """
         l, eta = self._l, self.eta
         if np.isinf(t):
-            return 1.0 / l if self.converges else np.full_like(l, np.nan)
+            return 1.0 / l if self.stability.converges else np.full_like(l, np.nan)
         if self.time == "continuous":
             return -np.expm1(-eta * l * t) / l
         step = 1.0 - eta * l
@@ -383,12 +494,12 @@ class TDDynamics:
         if self._fixed is not None:
             return self._fixed
         r = self.rank
-        if not self.converges:
+        if not self.stability.converges:
             self._fixed = np.full((r, r), np.nan)
         elif self.target.tau == 0:
             self._fixed = np.diag(1.0 / self._l)
         else:
-            a = np.diag(self._l) - self._s
+            a = np.diag(self._l) - self.spectrum.bootstrap
             cond = np.linalg.cond(a) if r else 1.0
             if not cond < 1.0 / (max(r, 1) * _EPS):
                 warnings.warn(
@@ -403,19 +514,6 @@ class TDDynamics:
                 self._fixed = np.linalg.solve(a, np.eye(r))
         return self._fixed
 
-    def _generator(self) -> np.ndarray:
-        """M (2r, 2r) of the reduced dual dynamics (module docstring)."""
-        eta, tau, eye = self.eta, self.target.tau, np.eye(self.rank)
-        return np.block([[-eta * np.diag(self._l), eta * self._s], [tau * eye, -tau * eye]])
-
-    def _discrete_step(self) -> tuple[np.ndarray, np.ndarray]:
-        """One GD step then the soft update (eq. 12): x -> A x + B c on x = [a; b]."""
-        r, eta, tau = self.rank, self.eta, self.target.tau
-        eye = np.eye(r)
-        primary = np.hstack([eye - eta * np.diag(self._l), eta * self._s])
-        target = (1 - tau) * np.hstack([np.zeros((r, r)), eye]) + tau * primary
-        return np.vstack([primary, target]), np.vstack([eye, tau * eye])
-
     def _exact(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """(E_t (2r, 2r) homogeneous part, W_t (2r, r) forced part) from scratch.
 
@@ -426,7 +524,7 @@ class TDDynamics:
         """
         r = self.rank
         if self.time == "continuous":
-            m = self._generator()
+            m = _generator(self.spectrum, self.eta, self.target.tau)
             norm = float(np.abs(m).sum(axis=0).max()) if r else 0.0
             j = max(0, int(np.ceil(np.log2(t * norm)))) if norm * t > 1 else 0
             h = t / 2.0**j

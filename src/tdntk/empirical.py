@@ -33,7 +33,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .data import Transitions
-from .dynamics import SoftTarget, check_times
+from .dynamics import Schedule, check_times
 from .nets import _PHIS, MLP
 from .predict import TDNTK
 
@@ -246,26 +246,18 @@ class EmpiricalKernels:
 
 
 # ---------------------------------------------------------------------- linearisations
-def linearisation(
-    net: MLP,
-    params,
-    data: Transitions,
-    learning_rate: float,
-    target: SoftTarget | None = None,
-    time: str = "continuous",
-    loss: str = "sum",
-) -> TDNTK:
+def linearisation(net: MLP, params, data: Transitions, schedule: Schedule) -> TDNTK:
     """The closed-form core built from one network's empirical kernels (`EmpiricalKernels`).
 
     Its ``predict_from_init`` with the network's own Q0 is the linearised network
     (eq. 8/24, or eq. 15/43 with a target); see `linearised_q`.
     """
-    return _linearise(net, params, data, learning_rate, target, time, loss)[0]
+    return _linearise(net, params, data, schedule)[0]
 
 
-def _linearise(net, params, data, learning_rate, target, time, loss):
+def _linearise(net, params, data, schedule):
     kern = EmpiricalKernels(net, params)
-    return TDNTK(kern, data, learning_rate, target, time, loss), kern
+    return TDNTK(kern, data, schedule), kern
 
 
 def _train_inputs(data: Transitions) -> np.ndarray:
@@ -285,21 +277,18 @@ def linearised_q(
     data: Transitions,
     x_eval,
     t,
-    learning_rate: float,
-    target: SoftTarget | None = None,
-    time: str = "continuous",
-    loss: str = "sum",
+    schedule: Schedule,
 ) -> np.ndarray:
     """Q of the linearised network started at `params` after time(s) t: (T, m) float64.
 
     ``Q_t(X*) = Q0(X*) + Z_t (r - Q0(X) + G P Q0(X''))`` with Z_t from the network's
     empirical NTK: eq. 8/24 (single network) or eq. 15/43 (target network).
-    ``time="discrete"`` gives gradient descent on the linearised model exactly.
+    ``Schedule(time="discrete")`` gives gradient descent on the linearised model exactly.
 
     Args:
-        x_eval: (m, d) inputs; t: scalar or (T,) times (steps at `learning_rate`).
+        x_eval: (m, d) inputs; t: scalar or (T,) times (steps at the schedule's rate).
     """
-    model, kern = _linearise(net, params, data, learning_rate, target, time, loss)
+    model, kern = _linearise(net, params, data, schedule)
     return _predict(model, kern, x_eval, t)
 
 
@@ -313,10 +302,7 @@ def linearised_ensemble(
     data: Transitions,
     x_eval,
     t,
-    learning_rate: float,
-    target: SoftTarget | None = None,
-    time: str = "continuous",
-    loss: str = "sum",
+    schedule: Schedule,
     progress: bool = True,
 ) -> np.ndarray:
     """`linearised_q` for each of E initialisations ("Lin. (MC)"): (E, T, m) float64.
@@ -334,9 +320,7 @@ def linearised_ensemble(
     members = sizes.pop()
     out = None
     for i in tqdm(range(members), disable=not progress, desc="linearisations", unit="member"):
-        q = linearised_q(
-            net, _member(params_stacked, i), data, x_eval, t, learning_rate, target, time, loss
-        )
+        q = linearised_q(net, _member(params_stacked, i), data, x_eval, t, schedule)
         out = np.empty((members, *q.shape)) if out is None else out
         out[i] = q
     return out
@@ -347,10 +331,7 @@ def parameter_trajectory(
     params,
     data: Transitions,
     t,
-    learning_rate: float,
-    target: SoftTarget | None = None,
-    time: str = "continuous",
-    loss: str = "sum",
+    schedule: Schedule,
 ) -> np.ndarray:
     """omega_t = theta_t - theta_0 of the linearised network: (T, P) float64 (eq. 8 / eq. 15).
 
@@ -359,8 +340,8 @@ def parameter_trajectory(
     vector-Jacobian products.  Flattened in the order of
     ``jax.flatten_util.ravel_pytree(params)[0]``.
     """
-    model, kern = _linearise(net, params, data, learning_rate, target, time, loss)
-    times = check_times(t, model.dynamics.time)
+    model, kern = _linearise(net, params, data, schedule)
+    times = check_times(t, schedule.time)
     n = data.n
     x_all = _train_inputs(data)
     q_train = kern.q0(x_all)
@@ -372,7 +353,7 @@ def parameter_trajectory(
 
         def drive(p):  # Q(X) - G P Q(X'') (single) or Q(X) (target): (n,)
             q = net.apply(p, jnp.asarray(x_all))
-            if target is not None:
+            if schedule.target is not None:
                 return q[:n]
             return q[:n] - jnp.sum(jnp.asarray(gw) * q[n:].reshape(gw.shape), axis=1)
 

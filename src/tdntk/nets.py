@@ -16,8 +16,10 @@ Shapes: n1, n2 inputs, d input width, P parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +27,8 @@ import numpy as np
 
 __all__ = ["MLP", "ACTIVATIONS"]
 
-ACTIVATIONS = ("relu", "erf", "identity")
+Activation = Literal["relu", "erf", "identity"]
+ACTIVATIONS = typing.get_args(Activation)
 
 # Rows of x1 per block in `MLP.kernels`: bounds memory to a few arrays of
 # (block, n2) float64 values per layer.
@@ -105,11 +108,13 @@ class MLP:
         bias_var: sigma_b^2 of eq. 4.
     """
 
-    depth: int = 2
-    width: int = 1024
-    activation: str = "relu"
-    weight_var: float = 1.0
-    bias_var: float = 0.1
+    depth: int = field(default=2, metadata={"help": "Hidden layers (0: a linear model)."})
+    width: int = field(
+        default=1024, metadata={"help": "Units per hidden layer (finite networks only)."}
+    )
+    activation: Activation = field(default="relu", metadata={"help": "Nonlinearity."})
+    weight_var: float = field(default=1.0, metadata={"help": "sigma_w^2 (eq. 4)."})
+    bias_var: float = field(default=0.1, metadata={"help": "sigma_b^2 (eq. 4)."})
 
     def __post_init__(self):
         if not isinstance(self.depth, int | np.integer) or self.depth < 0:

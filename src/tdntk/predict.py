@@ -3,7 +3,7 @@
 Built once from a kernel function and the data (the kernels and the
 factorisation are computed at construction), then evaluated at any times:
 
-    model = TDNTK(net, data, learning_rate=0.01)            # eq. 6-10
+    model = TDNTK(net, data, Schedule(learning_rate=0.01))  # eq. 6-10
     g = model.predict(x_test, t=[0, 2**8, 2**16, np.inf])   # g.mean (T, m), g.cov (T, m, m)
 
 The ensemble moments follow from (*) of the notes with Q_0 ~ GP(0, K):
@@ -21,15 +21,16 @@ Shapes: n transitions, d features, m test inputs, T times.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from .data import Transitions
-from .dynamics import SoftTarget, TDDynamics, check_times
+from .dynamics import Schedule, SoftTarget, TDDynamics, check_times, driving_spectrum
 
-__all__ = ["TDNTK", "Prediction", "KernelFn"]
+__all__ = ["TDNTK", "Prediction", "KernelFn", "critical_learning_rate"]
 
 # Rows of x_test per kernel call: bounds the raw (rows, n + n k) kernel blocks.
 _TEST_BLOCK_ROWS = 2048
@@ -77,50 +78,83 @@ class TDNTK:
             ``(x1 (n1, d), x2 (n2, d)) -> (nngp (n1, n2), ntk (n1, n2))``,
             e.g. the empirical kernels of one finite network.
         data: the `Transitions`.
-        learning_rate: eta (> 0).
-        target: None for a single Q-network (sec. 4.1) or `SoftTarget(tau)` (sec. 4.2).
-        time: "continuous" (gradient flow, default) or "discrete" (exact GD of
-            the linearised network; integer t).
-        loss: "sum" (paper eq. 6, default) or "mean" (loss divided by n).
+        schedule: the `Schedule` (learning rate; target: None for the
+            residual-gradient estimator, sec. 4.1, or `SoftTarget(tau)` for TD
+            with a target network, sec. 4.2; time; loss).
+
+    The kernels and the driving kernel's eigendecomposition are computed here;
+    the dynamics of the schedule are built when first needed (`predict`,
+    `dynamics`), which is when `LearningRateWarning` and `DivergenceWarning`
+    are raised. `with_schedule` reuses the factorisation for another learning
+    rate, tau, time or loss of the same estimator.
 
     Attributes:
-        dynamics: the `TDDynamics` (Theta_bar's eigendecomposition or the
-            target network's transfer matrices).
-        critical_learning_rate: eq. 11.
+        spectrum: the driving kernel's `Spectrum` (no learning rate).
+        critical_learning_rate: eq. 11 for the data, in the schedule's loss convention.
     """
 
-    def __init__(
-        self,
-        kernels,
-        data: Transitions,
-        learning_rate: float,
-        target: SoftTarget | None = None,
-        time: str = "continuous",
-        loss: str = "sum",
-    ):
+    def __init__(self, kernels, data: Transitions, schedule: Schedule):
         if not isinstance(data, Transitions):
             raise TypeError(f"data must be a Transitions, got {type(data).__name__}")
+        if not isinstance(schedule, Schedule):
+            raise TypeError(
+                f"schedule must be a Schedule(learning_rate, target, time, loss), got {schedule!r}"
+            )
         self.kernel_fn = _kernel_fn(kernels)
         self.data = data
+        self.schedule = schedule
         n = data.n
         self._train_inputs = np.concatenate([data.x, data.x_next_flat])
         nngp, ntk = self.kernel_fn(self._train_inputs, self._train_inputs)
         nngp, ntk = np.asarray(nngp, np.float64), np.asarray(ntk, np.float64)
-        self.dynamics = TDDynamics(
-            ntk[:n, :n], ntk[:n, n:], ntk[n:, n:], data, learning_rate, target, time, loss
-        )
+        td = schedule.target is not None
+        self.spectrum = driving_spectrum(ntk[:n, :n], ntk[:n, n:], ntk[n:, n:], data, td)
+        del ntk
         # Kbar = Cov[Q0(X) - G P Q0(X'')] in the basis of Z_t.
         k_xx, k_xn, k_nn = nngp[:n, :n], nngp[:n, n:], nngp[n:, n:]
         gp_k_nx = data.bellman(k_xn.T)
         kbar = k_xx - gp_k_nx - gp_k_nx.T + data.bellman(data.bellman(k_nn).T).T
-        self._basis = self.dynamics.z_basis
+        self._basis = self.spectrum.basis
         self._kbar = self._to_basis(self._to_basis(kbar).T)
         self._reward = self._to_basis(data.reward)
+        self._dynamics: TDDynamics | None = None
+
+    @property
+    def dynamics(self) -> TDDynamics:
+        """The `TDDynamics` of the schedule (built, and its warnings raised, on first use)."""
+        if self._dynamics is None:
+            self._dynamics = TDDynamics(self.spectrum, self.data, self.schedule)
+        return self._dynamics
+
+    def with_schedule(self, schedule: Schedule) -> TDNTK:
+        """This model under another schedule of the same estimator, reusing the kernels
+        and the factorisation (a different estimator needs a new `TDNTK`)."""
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a Schedule, got {schedule!r}")
+        if schedule.estimator != self.schedule.estimator:
+            raise ValueError(
+                f"with_schedule: the model's estimator is {self.schedule.estimator} but the "
+                f"schedule's is {schedule.estimator}; build a new TDNTK for it"
+            )
+        other = copy.copy(self)
+        other.schedule = schedule
+        other._dynamics = None
+        return other
+
+    @property
+    def estimator(self) -> str:
+        """"td" (soft target network) or "residual-gradient" (a single Q-network)."""
+        return self.schedule.estimator
 
     @property
     def critical_learning_rate(self) -> float:
-        """eq. 11, ``2 / (l_max + l_min)`` (see `TDDynamics.critical_learning_rate`)."""
-        return self.dynamics.critical_learning_rate
+        """eq. 11, ``2 / (l_max + l_min)`` of the driving kernel (`Spectrum`)."""
+        return self.spectrum.critical_learning_rate(self.schedule.loss)
+
+    @property
+    def max_stable_learning_rate(self) -> float:
+        """``2 / l_max`` of the driving kernel: discrete gradient descent diverges above it."""
+        return self.spectrum.max_stable_learning_rate(self.schedule.loss)
 
     def _to_basis(self, a):
         return self._basis.T @ a
@@ -232,3 +266,14 @@ def _vector(name, v, size):
     if not np.all(np.isfinite(v)):
         raise ValueError(f"{name} contains NaN or infinite values")
     return v
+
+
+def critical_learning_rate(
+    kernels, data: Transitions, target: SoftTarget | None = None, loss: str = "sum"
+) -> float:
+    """eq. 11, ``2 / (l_max + l_min)`` of the driving kernel on `data`, with no learning rate.
+
+    The driving kernel is Theta_bar (residual gradient, ``target=None``) or
+    Theta_XX (TD, a `SoftTarget`); `loss` "mean" multiplies the rate by n.
+    """
+    return TDNTK(kernels, data, Schedule(1.0, target, loss=loss)).critical_learning_rate

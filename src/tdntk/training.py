@@ -32,6 +32,7 @@ inputs, E members, R record points.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -47,8 +48,14 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .data import Transitions
-from .dynamics import LOSSES, DivergenceWarning, LearningRateWarning, SoftTarget, TDDynamics
-from .io import save_npz
+from .dynamics import (
+    DivergenceWarning,
+    LearningRateWarning,
+    Schedule,
+    driving_spectrum,
+    stability,
+)
+from .files import save_npz
 from .nets import MLP
 
 __all__ = [
@@ -300,13 +307,11 @@ def _digest(*arrays) -> str:
 def train_ensemble(
     net: MLP,
     data: Transitions,
-    learning_rate: float,
+    schedule: Schedule,
     steps: int,
     members: int,
     x_eval,
-    target: SoftTarget | None = None,
     seed: int = 0,
-    loss: str = "sum",
     hard_update_every: int | None = None,
     record_steps=None,
     record_params: bool = False,
@@ -322,13 +327,15 @@ def train_ensemble(
     Args:
         net: the architecture.
         data: the transitions (discounts and next-input weights included).
-        learning_rate: eta > 0, the closed form's convention for `loss`.
+        schedule: learning rate, target (None: a single network, eq. 6;
+            `SoftTarget(tau)` with tau <= 1: eq. 12-14) and loss, the closed
+            form's conventions; training is discrete gradient descent whatever
+            ``schedule.time`` (step k is the closed form at t = k with
+            ``time="discrete"``).
         steps: number of gradient steps (>= 0).
         members: E (>= 1).
         x_eval: (m, d) inputs at which Q is recorded.
-        target: None (single network, eq. 6) or `SoftTarget(tau)` (eq. 12-14), tau <= 1.
         seed: member i starts from ``fold_in(PRNGKey(seed), i)`` (see `init_ensemble`).
-        loss: "sum" or "mean" (divides the loss by n).
         hard_update_every: with a target, copy primary -> target every N steps.
         record_steps: steps at which to record; 0 and `steps` are always added.
             Default `default_record_steps(steps)`.
@@ -344,41 +351,22 @@ def train_ensemble(
     Returns:
         `EnsembleResult`.
     Warns:
-        `LearningRateWarning` when `learning_rate` exceeds the critical rate (eq. 11)
+        `LearningRateWarning` when the learning rate exceeds the critical rate (eq. 11)
         of the analytic NTK on `data`, and `DivergenceWarning` when the linearised
         discrete dynamics diverge (TD with a target network can at any rate);
         checked up to `_RATE_CHECK_MAX_INPUTS` kernel inputs (1,024 transitions
         for 0 < tau < 1, whose check is a (2n, 2n) eigenproblem).
     """
-    if not isinstance(net, MLP):
-        raise TypeError(f"net must be an MLP, got {type(net).__name__}")
-    if not isinstance(data, Transitions):
-        raise TypeError(f"data must be a Transitions, got {type(data).__name__}")
-    if isinstance(learning_rate, bool) or not np.isfinite(learning_rate) or learning_rate <= 0:
-        raise ValueError(f"learning_rate must be finite and > 0, got {learning_rate!r}")
-    steps = _check_int("steps", steps, 0)
-    members = _check_int("members", members, 1)
-    x_eval = np.asarray(x_eval, dtype=np.float64)
-    if x_eval.ndim != 2 or x_eval.shape[1] != data.input_dim:
-        raise ValueError(f"x_eval must have shape (m, {data.input_dim}), got {x_eval.shape}")
-    if target is not None and not isinstance(target, SoftTarget):
-        raise TypeError(f"target must be None or a SoftTarget, got {target!r}")
-    if target is not None and target.tau > 1:
-        raise ValueError(f"SoftTarget.tau must be <= 1 for discrete updates, got {target.tau}")
-    if hard_update_every is not None:
-        if target is None:
-            raise ValueError("hard_update_every needs a target network (target=SoftTarget(tau))")
-        hard_update_every = _check_int("hard_update_every", hard_update_every, 1)
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs a checkpoint_dir")
+    steps, members, x_eval, hard_update_every = _check_arguments(
+        net, data, schedule, steps, members, x_eval, hard_update_every, resume, checkpoint_dir
+    )
     record_steps = _check_record_steps(record_steps, steps)
-    _warn_learning_rate(net, data, float(learning_rate), target, loss)
+    _warn_learning_rate(net, data, schedule)
+    target = schedule.target
     spec = _Spec(
         net=net,
-        learning_rate=float(learning_rate),
-        loss_scale=1.0 / data.n if loss == "mean" else 1.0,
+        learning_rate=float(schedule.learning_rate),
+        loss_scale=1.0 / data.n if schedule.loss == "mean" else 1.0,
         tau=None if target is None else float(target.tau),
         hard_update_every=hard_update_every,
         member_map=resolve_member_map(member_map),
@@ -389,33 +377,67 @@ def train_ensemble(
             params0 = init_ensemble(net, data.input_dim, members, seed, dtype)
         else:
             params0 = _check_params0(net, params0, data.input_dim, members, dtype)
-        fingerprint = json.dumps(
-            {
-                "net": asdict(net),
-                "learning_rate": spec.learning_rate,
-                "steps": steps,
-                "members": members,
-                "seed": int(seed),
-                "loss": loss,
-                "tau": spec.tau,
-                "hard_update_every": hard_update_every,
-                "record_steps": record_steps.tolist(),
-                "record_params": bool(record_params),
-                "dtype": str(dtype),
-                "data": _digest(data.x, data.reward, data.x_next, data.discount, data.next_weights),
-                "x_eval": _digest(x_eval),
-                "params0": _digest(*jax.tree.leaves(params0)),
-            },
-            sort_keys=True,
-        )
+        settings = dict(
+            steps=steps, members=members, seed=int(seed), loss=schedule.loss,
+            record_steps=record_steps.tolist(), record_params=bool(record_params),
+            dtype=str(dtype),
+        )  # fmt: skip
+        fingerprint = _fingerprint(spec, settings, data, x_eval, params0)
         return _train(
             spec, data, steps, members, x_eval, record_steps, record_params, dtype,
             checkpoint_dir, resume, progress, params0, fingerprint,
         )  # fmt: skip
 
 
-def _warn_learning_rate(net: MLP, data: Transitions, learning_rate, target, loss: str) -> None:
-    """Relay the closed form's warnings for the analytic NTK of `net` on `data`.
+def _check_arguments(
+    net, data, schedule, steps, members, x_eval, hard_update_every, resume, checkpoint_dir
+):
+    """Validate `train_ensemble`'s arguments: (steps, members, x_eval (m, d), hard_update_every)."""
+    if not isinstance(net, MLP):
+        raise TypeError(f"net must be an MLP, got {type(net).__name__}")
+    if not isinstance(data, Transitions):
+        raise TypeError(f"data must be a Transitions, got {type(data).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a Schedule, got {schedule!r}")
+    steps = _check_int("steps", steps, 0)
+    members = _check_int("members", members, 1)
+    x_eval = np.asarray(x_eval, dtype=np.float64)
+    if x_eval.ndim != 2 or x_eval.shape[1] != data.input_dim:
+        raise ValueError(f"x_eval must have shape (m, {data.input_dim}), got {x_eval.shape}")
+    target = schedule.target
+    if target is not None and target.tau > 1:
+        raise ValueError(
+            f"SoftTarget.tau must be <= 1 for discrete updates (eq. 12), got {target.tau}"
+        )
+    if hard_update_every is not None:
+        if target is None:
+            raise ValueError("hard_update_every needs a target network (target=SoftTarget(tau))")
+        hard_update_every = _check_int("hard_update_every", hard_update_every, 1)
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs a checkpoint_dir")
+    return steps, members, x_eval, hard_update_every
+
+
+def _fingerprint(spec: _Spec, settings: dict, data: Transitions, x_eval, params0) -> str:
+    """JSON of every setting and digests of the inputs: a checkpoint is resumed only
+    by a run whose fingerprint is equal."""
+    return json.dumps(
+        {
+            "net": asdict(spec.net),
+            "learning_rate": spec.learning_rate,
+            "tau": spec.tau,
+            "hard_update_every": spec.hard_update_every,
+            **settings,
+            "data": _digest(data.x, data.reward, data.x_next, data.discount, data.next_weights),
+            "x_eval": _digest(x_eval),
+            "params0": _digest(*jax.tree.leaves(params0)),
+        },
+        sort_keys=True,
+    )
+
+
+def _warn_learning_rate(net: MLP, data: Transitions, schedule: Schedule) -> None:
+    """Warn when the closed form for the analytic NTK of `net` on `data` says so.
 
     Discrete time, as trained: `LearningRateWarning` above the critical rate
     (eq. 11) or ``2 / l_max``, and `DivergenceWarning` when the linearised
@@ -423,29 +445,29 @@ def _warn_learning_rate(net: MLP, data: Transitions, learning_rate, target, loss
     empirical NTKs are close to the analytic one, so their gradient descent
     behaves alike. Skipped for more than `_RATE_CHECK_MAX_INPUTS` kernel inputs.
     """
-    n = data.n
+    n, target = data.n, schedule.target
     partial_target = target is not None and 0 < target.tau < 1  # a (2n, 2n) eigenproblem
     if n * (1 + data.k) > _RATE_CHECK_MAX_INPUTS or (partial_target and 2 * n > 2048):
         return
     x = np.concatenate([data.x, data.x_next_flat])
     ntk = np.asarray(net.kernels(x, x)[1], np.float64)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        TDDynamics(
-            ntk[:n, :n], ntk[:n, n:], ntk[n:, n:], data, learning_rate, target, "discrete", loss
+    spectrum = driving_spectrum(ntk[:n, :n], ntk[:n, n:], ntk[n:, n:], data, target is not None)
+    st = stability(spectrum, dataclasses.replace(schedule, time="discrete"))
+    lr, where = schedule.learning_rate, "(analytic NTK of `net` on `data`)"
+    if lr > st.critical_learning_rate:
+        warnings.warn(
+            f"train_ensemble: learning_rate={lr:g} exceeds the critical rate "
+            f"{st.critical_learning_rate:.4g} of eq. 11 (2 / l_max = "
+            f"{st.max_stable_learning_rate:.4g}) {where}; lower it if the members diverge",
+            LearningRateWarning,
+            stacklevel=3,
         )
-    for w in caught:
-        if issubclass(w.category, LearningRateWarning | DivergenceWarning):
-            advice = (
-                "lower learning_rate if the members diverge"
-                if w.category is LearningRateWarning
-                else "the trained members are expected to diverge too"
-            )
-            warnings.warn(
-                f"train_ensemble: {w.message} (analytic NTK of `net` on `data`); {advice}",
-                w.category,
-                stacklevel=3,
-            )
+    if not st.converges:
+        warnings.warn(
+            f"train_ensemble: {st.cause} {where}; the trained members are expected to diverge too",
+            DivergenceWarning,
+            stacklevel=3,
+        )
 
 
 # ---------------------------------------------------------------------- the loop
@@ -580,7 +602,7 @@ def _train(
 
 # ---------------------------------------------------------------------- checkpoints
 def _write_checkpoint(path, fingerprint, step, params, tgt, params0, records, members, wall):
-    """Write the state and the records so far atomically (tdntk.io.save_npz)."""
+    """Write the state and the records so far atomically (tdntk.files.save_npz)."""
     arrays = {
         "fingerprint": np.array(fingerprint),
         "step": np.array(step, np.int64),

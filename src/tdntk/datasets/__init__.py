@@ -1,4 +1,4 @@
-"""Bring your own data: any Gymnasium environment, offline datasets, value estimates.
+"""Data only: offline datasets of any Gymnasium environment, their features and policies.
 
 * Observation spaces: Box, Discrete, MultiDiscrete, MultiBinary and nested
   Tuple/Dict; observations are stored flattened with Gymnasium's utilities
@@ -9,19 +9,12 @@
 * `Features` encodes (state, action) pairs; `to_transitions` turns
   `OfflineData` into the core's `Transitions` for a target policy (or the
   behaviour policy, SARSA-style).
-* `evaluate` gives per-state value means and stds from the TD-NTK ensemble
-  (and optionally finite networks); `write_evaluation` writes them.
+* `load_policy`, `UniformRandomPolicy` and `sample_actions`: policies.
+
+Value estimates from such data are `tdntk.experiments.evaluate`.
 """
 
 from .collect import collect
-from .evaluate import (
-    EvaluateConfig,
-    MemoryLimitError,
-    ValueEstimate,
-    evaluate,
-    memory_estimate,
-    write_evaluation,
-)
 from .features import Features, to_transitions
 from .minari_io import load_minari
 from .offline import OfflineData, infer_spaces, load_npz, save_npz
@@ -38,10 +31,4 @@ __all__ = [
     "to_transitions",
     "load_policy",
     "UniformRandomPolicy",
-    "EvaluateConfig",
-    "ValueEstimate",
-    "MemoryLimitError",
-    "evaluate",
-    "write_evaluation",
-    "memory_estimate",
 ]

@@ -25,6 +25,7 @@ from .policies import (
     check_action,
     check_probs,
     is_stochastic,
+    sample_actions,
 )
 from .spaces import check_space, flatten_one
 
@@ -78,7 +79,7 @@ class _Actor:
         if not self.stochastic:
             return check_action(self.policy(obs), self.space, where), None
         probs = check_probs(self.policy.action_probs(obs), int(self.space.n), where)
-        choice = int(self.rng.choice(probs.size, p=probs))
+        choice = int(sample_actions(probs[None], self.rng)[0])
         return int(self.space.start) + choice, probs
 
 

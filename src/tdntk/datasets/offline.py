@@ -22,7 +22,8 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 
-from .. import io
+from .. import files
+from ..data import check_probability_rows
 from .spaces import flat_dim, space_from_json, space_to_json
 
 __all__ = [
@@ -262,16 +263,7 @@ def _check_not_empty(observations) -> None:
 
 def _probabilities(value) -> np.ndarray:
     probs = _finite_float("next_action_probs", value, (2,))
-    if np.any(probs < 0):
-        raise ValueError("OfflineData.next_action_probs: probabilities must be >= 0")
-    sums = probs.sum(axis=1)
-    if not np.allclose(sums, 1.0, rtol=0, atol=1e-6):
-        worst = int(np.argmax(np.abs(sums - 1)))
-        raise ValueError(
-            "OfflineData.next_action_probs: each row must sum to 1 "
-            f"(row {worst} sums to {sums[worst]:.6g})"
-        )
-    return probs
+    return check_probability_rows("OfflineData.next_action_probs", probs)
 
 
 def _episodes_from_flags(terminated: np.ndarray, truncated: np.ndarray) -> np.ndarray:
@@ -376,7 +368,7 @@ def save_npz(path, data: OfflineData) -> Path:
     arrays = {k: v for k, v in arrays.items() if v is not None}
     arrays.update(_space_arrays(data))
     arrays["format_version"] = np.asarray(FORMAT_VERSION)
-    return io.save_npz(path, **arrays)
+    return files.save_npz(path, **arrays)
 
 
 def _json_space(arrays: dict, name: str):

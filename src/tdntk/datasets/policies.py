@@ -23,10 +23,13 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 
+from ..data import check_probability_rows
+
 __all__ = [
     "load_policy",
     "UniformRandomPolicy",
     "is_stochastic",
+    "sample_actions",
     "policy_actions",
     "policy_probs",
 ]
@@ -115,6 +118,21 @@ def _copy_space(space):
     return gymnasium.spaces.Box(space.low, space.high, dtype=space.dtype)
 
 
+def sample_actions(probs, rng: np.random.Generator) -> np.ndarray:
+    """One action index per row of (n, A) probabilities: (n,) int64.
+
+    Inverse CDF with one uniform per row, the draws of ``rng.choice(A, p=row)``
+    row after row (the same stream), vectorised.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2:
+        raise ValueError(f"sample_actions: probs must have shape (n, A), got {probs.shape}")
+    cdf = np.cumsum(probs, axis=1)
+    cdf /= cdf[:, -1:]
+    u = rng.random(probs.shape[0])
+    return np.minimum((u[:, None] >= cdf).sum(axis=1), probs.shape[1] - 1).astype(np.int64)
+
+
 def is_stochastic(policy) -> bool:
     """Whether `policy` exposes ``action_probs(obs)``."""
     return callable(getattr(policy, "action_probs", None))
@@ -156,11 +174,9 @@ def check_probs(probs, num_actions: int, where: str) -> np.ndarray:
         raise ValueError(f"{where}: expected {num_actions} probabilities, got {probs!r}") from None
     if p.size != num_actions:
         raise ValueError(f"{where}: expected {num_actions} probabilities, got {p.size}")
-    if not np.all(np.isfinite(p)) or np.any(p < 0) or abs(p.sum() - 1) > 1e-6:
-        raise ValueError(
-            f"{where}: probabilities must be finite, >= 0 and sum to 1, got {p.tolist()}"
-        )
-    return p
+    if not np.all(np.isfinite(p)):
+        raise ValueError(f"{where}: probabilities must be finite, got {p.tolist()}")
+    return check_probability_rows(where, p[None])[0]
 
 
 def policy_actions(policy: Policy, observations, action_space) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Top to bottom, for each seed s (dataset and initialisations), after one policy:
 
-1. **Policy** (`tdntk.policies.train_cartpole_policy`): a linear policy with
+1. **Policy** (`tdntk.experiments.cartpole_policy.train_cartpole_policy`): a linear policy with
    epsilon action noise, trained by the cross-entropy method and stopped at a
    moderate return, so values differ across states. Behaviour = target policy.
 2. **Dataset** (`tdntk.datasets.collect`): ``n_transitions`` transitions of
@@ -11,7 +11,7 @@ Top to bottom, for each seed s (dataset and initialisations), after one policy:
    dataset's statistics; discount ``gamma * (1 - terminated)`` (a truncated
    transition keeps gamma); next inputs: the logged next action (SARSA,
    default) or both actions weighted by the policy (``next_action``).
-3. **Ground truth** (`tdntk.rollouts.monte_carlo_returns`): Monte Carlo Q(s, a)
+3. **Ground truth** (`tdntk.envs.cartpole.monte_carlo_returns`): Monte Carlo Q(s, a)
    of the evaluated policy (sec. 5.2; app. D.2's "greedy policy" would not be
    policy evaluation), ``mc_rollouts`` rollouts per input. Time limit: the TD
    targets bootstrap through truncated transitions, so their fixed point is
@@ -47,16 +47,23 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from ..data import Transitions, discounts
-from ..dynamics import LearningRateWarning
+from ..datasets.collect import collect
+from ..datasets.features import Features, to_transitions
+from ..datasets.policies import sample_actions
+from ..dynamics import DivergenceWarning, LearningRateWarning, Schedule
+from ..empirical import linearised_ensemble
+from ..envs.cartpole import MonteCarloReturns, initial_states, monte_carlo_returns
 from ..metrics import fit_gaussian, score_gaussian
-from ..nets import ACTIVATIONS, MLP
-from ..policies import PolicyTraining, train_cartpole_policy
-from ..rollouts import MonteCarloReturns, initial_states, monte_carlo_returns
-from .config import config_command
+from ..nets import MLP
+from ..predict import TDNTK
+from ..training import train_ensemble
+from .cartpole_policy import PolicyTraining, train_cartpole_policy
+from .command import Command
 
 __all__ = [
     "CartPoleConfig",
@@ -69,7 +76,7 @@ __all__ = [
     "run_seed",
     "simulate",
     "run",
-    "command",
+    "COMMAND",
 ]
 
 ENV_ID = "CartPole-v1"
@@ -104,11 +111,9 @@ class CartPoleConfig:
     standardize: bool = field(
         default=True, metadata=_help("Standardise the state part of the inputs (dataset stats).")
     )
-    depth: int = field(default=2, metadata=_help("Hidden layers."))
-    width: int = field(default=256, metadata=_help("Units per hidden layer."))
-    activation: str = field(default="relu", metadata=_help(f"One of {ACTIVATIONS}."))
-    weight_var: float = field(default=1.0, metadata=_help("sigma_w^2 (eq. 4)."))
-    bias_var: float = field(default=0.1, metadata=_help("sigma_b^2 (eq. 4)."))
+    net: MLP = field(
+        default=MLP(depth=2, width=256), metadata=_help("The network (eq. 3-4): its fields.")
+    )
     members: int = field(default=50, metadata=_help("Networks (and linearisations) per seed."))
     steps: int = field(default=2**16, metadata=_help("Gradient steps at the stable rate."))
     lr_fraction: float = field(
@@ -125,7 +130,7 @@ class CartPoleConfig:
     mc_horizon: int = field(
         default=20_000, metadata=_help("Rollout step cap (the 500-step limit is not applied).")
     )
-    next_action: str = field(
+    next_action: Literal["sampled", "expected"] = field(
         default="sampled",
         metadata=_help(
             "TD target at s': 'sampled' = the logged next action (SARSA, k = 1), 'expected' = "
@@ -146,8 +151,6 @@ class CartPoleConfig:
         ints = {
             "seeds": 1,
             "n_transitions": 2,
-            "depth": 0,
-            "width": 1,
             "members": 2,
             "steps": 1,
             "paper_steps": 1,
@@ -162,10 +165,8 @@ class CartPoleConfig:
                 raise ValueError(
                     f"CartPoleConfig.{name} must be an integer >= {minimum}, got {value!r}"
                 )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"CartPoleConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}"
-            )
+        if not isinstance(self.net, MLP):
+            raise ValueError(f"CartPoleConfig.net must be an MLP, got {self.net!r}")
         if not 0.0 < self.lr_fraction < 1.0:
             raise ValueError(
                 f"CartPoleConfig.lr_fraction must lie in (0, 1), got {self.lr_fraction}"
@@ -180,16 +181,12 @@ class CartPoleConfig:
         if not self.min_std > 0:
             raise ValueError(f"CartPoleConfig.min_std must be > 0, got {self.min_std}")
 
-    @property
-    def net(self) -> MLP:
-        return MLP(self.depth, self.width, self.activation, self.weight_var, self.bias_var)
-
 
 PRESETS = {
     "paper": CartPoleConfig(out="runs/cartpole-paper"),
     "quick": CartPoleConfig(
         out="runs/cartpole-quick",
-        width=128,
+        net=MLP(depth=2, width=128),
         members=8,
         steps=2**11,
         paper_lr_steps=64,
@@ -200,7 +197,7 @@ PRESETS = {
         out="runs/cartpole-tiny",
         seeds=2,
         n_transitions=48,
-        width=32,
+        net=MLP(depth=2, width=32),
         members=3,
         steps=32,
         paper_lr_steps=8,
@@ -227,9 +224,6 @@ def make_dataset(cfg: CartPoleConfig, policy, seed: int, env=ENV_ID):
     ``policy.action_probs`` (expected SARSA; needs Q at actions the data never
     took at s').
     """
-    from ..datasets.collect import collect
-    from ..datasets.features import Features, to_transitions
-
     data = collect(env, policy.reseeded(seed), n_transitions=cfg.n_transitions, seed=seed)
     features = Features.from_spaces(
         data.observation_space, data.action_space, standardize=data if cfg.standardize else None
@@ -267,7 +261,7 @@ def eval_inputs(cfg: CartPoleConfig, data, features, policy, seed: int) -> EvalI
     test = initial_states(cfg.test_states, seed=10_000 + seed)
     rng = np.random.default_rng(20_000 + seed)
     probs = policy.action_probs(test.astype(np.float32))
-    test_actions = (rng.random(len(test))[:, None] > np.cumsum(probs, axis=1)).sum(axis=1)
+    test_actions = sample_actions(probs, rng)
     states = np.concatenate([data.observations, test])
     actions = np.concatenate([data.actions, test_actions]).astype(np.int64)
     x = features.encode(states.astype(np.float32).astype(np.float64), actions)
@@ -325,23 +319,22 @@ def _divergence_step(steps, loss) -> int | None:
 
 
 def _train_nns(cfg, data: Transitions, x_eval, eta, steps, seed):
-    from ..training import train_ensemble
 
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # overflow of a diverging run
-        warnings.simplefilter("ignore", LearningRateWarning)  # the report gives the rates
+        # the report gives the rates and where the paper's rate diverges
+        warnings.simplefilter("ignore", LearningRateWarning)
+        warnings.simplefilter("ignore", DivergenceWarning)
         res = train_ensemble(
-            cfg.net, data, eta, steps, cfg.members, x_eval, seed=seed, progress=cfg.progress
-        )
+            cfg.net, data, Schedule(eta), steps, cfg.members, x_eval, seed=seed,
+            progress=cfg.progress,
+        )  # fmt: skip
     return res, time.perf_counter() - start
 
 
 def run_seed(cfg: CartPoleConfig, policy, seed: int) -> SeedResult:
     """Dataset, ground truth, the methods and their predictions for one seed."""
-    from ..empirical import linearised_ensemble
-    from ..predict import TDNTK
-
     wall = {}
     t0 = time.perf_counter()
     data, features, transitions = make_dataset(cfg, policy, seed)
@@ -350,82 +343,42 @@ def run_seed(cfg: CartPoleConfig, policy, seed: int) -> SeedResult:
 
     t0 = time.perf_counter()
     truth = monte_carlo_returns(
-        policy,
-        inputs.states,
-        inputs.actions,
-        gamma=cfg.gamma,
-        rollouts=cfg.mc_rollouts,
-        horizon=cfg.mc_horizon,
-        seed=30_000 + seed,
-    )
+        policy, inputs.states, inputs.actions, gamma=cfg.gamma, rollouts=cfg.mc_rollouts,
+        horizon=cfg.mc_horizon, seed=30_000 + seed,
+    )  # fmt: skip
     wall["ground truth"] = time.perf_counter() - t0
 
-    # Infinite width. Continuous time depends on eta t only, so one model built at
-    # learning rate 1 serves every eta: its time eta * t is the NNs' t steps at eta.
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", LearningRateWarning)
-        model = TDNTK(cfg.net, transitions, 1.0)
-    eta = cfg.lr_fraction * model.critical_learning_rate
-    n = transitions.n
-    times = {
-        "matched": float(cfg.steps),
-        "paper": cfg.paper_learning_rate * cfg.paper_steps / eta,
-        "paper_mean": cfg.paper_learning_rate * cfg.paper_steps / n / eta,
-        "inf": np.inf,
-    }
-    pred = model.predict(inputs.x, [eta * t for t in times.values()], full_cov=False)
-    predictions, members = {}, {}
-    for i, key in enumerate(["ntk", "ntk_paper", "ntk_paper_mean", "ntk_inf"]):
-        predictions[key] = (pred.mean[i], pred.std[i])
+    model, times, predictions = _infinite_width(cfg, transitions, inputs.x)
     wall["ntk"] = time.perf_counter() - t0
-    ev = model.dynamics.eigenvalues
-
-    # Trained networks: the stable rate, and the paper's.
-    nn, wall["nn"] = _train_nns(cfg, transitions, inputs.x, eta, cfg.steps, seed)
-    members["nn"] = nn.q[-1]
-    predictions["nn"] = fit_gaussian(nn.q[-1])
-    losses = {"nn": (nn.steps, nn.loss)}
-    diverged = {"nn": _divergence_step(nn.steps, nn.loss)}
-    if cfg.paper_lr_steps > 0:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", LearningRateWarning)
-            hot, wall["nn_paper_lr"] = _train_nns(
-                cfg, transitions, inputs.x, cfg.paper_learning_rate, cfg.paper_lr_steps, seed
-            )
-        members["nn_paper_lr"] = hot.q[-1]
-        predictions["nn_paper_lr"] = fit_gaussian(hot.q[-1])
-        losses["nn_paper_lr"] = (hot.steps, hot.loss)
-        diverged["nn_paper_lr"] = _divergence_step(hot.steps, hot.loss)
-
-    # Finite-width linearisations of the NNs' own initialisations (eq. 8, 5).
-    if cfg.linearised:
+    eta = model.schedule.learning_rate
+    members, losses, diverged = {}, {}, {}
+    runs = (("nn", eta, cfg.steps), ("nn_paper_lr", cfg.paper_learning_rate, cfg.paper_lr_steps))
+    for key, rate, steps in runs:
+        if steps == 0:
+            continue
+        res, wall[key] = _train_nns(cfg, transitions, inputs.x, rate, steps, seed)
+        members[key], predictions[key] = res.q[-1], fit_gaussian(res.q[-1])
+        losses[key], diverged[key] = (res.steps, res.loss), _divergence_step(res.steps, res.loss)
+        if key == "nn":
+            params0 = res.params0
+    if cfg.linearised:  # finite-width linearisations of the NNs' own initialisations (eq. 8, 5)
         t0 = time.perf_counter()
         lin_times = [times["matched"], times["paper"], times["paper_mean"]]
         q = linearised_ensemble(
-            cfg.net, nn.params0, transitions, inputs.x, lin_times, eta, progress=cfg.progress
-        )
+            cfg.net, params0, transitions, inputs.x, lin_times, model.schedule,
+            progress=cfg.progress,
+        )  # fmt: skip
         for i, key in enumerate(["lin", "lin_paper", "lin_paper_mean"]):
-            members[key] = q[:, i]
-            predictions[key] = fit_gaussian(q[:, i])
+            members[key], predictions[key] = q[:, i], fit_gaussian(q[:, i])
         wall["lin"] = time.perf_counter() - t0
-
-    summary = {
-        "transitions": int(data.n),
-        "episodes": int(data.num_episodes),
-        "terminated": int(data.terminated.sum()),
-        "truncated": int(data.truncated.sum()),
-        "truncated_by_time_limit": int(np.sum(data.truncated & (_episode_lengths(data) >= 500))),
-        "standardized": bool(cfg.standardize),
-        "obs_mean": features.obs_mean.tolist(),
-        "obs_scale": features.obs_scale.tolist(),
-    }
+    ev = model.spectrum.eigenvalues
     return SeedResult(
         seed=seed,
-        data_summary=summary,
+        data_summary=_data_summary(cfg, data, features),
         learning_rate=float(eta),
         critical_learning_rate=float(model.critical_learning_rate),
-        max_stable_learning_rate=float(model.dynamics.max_stable_learning_rate),
+        max_stable_learning_rate=float(model.max_stable_learning_rate),
         eigenvalues=(float(ev[0]), float(ev[-1])),
         times=times,
         truth=truth,
@@ -436,6 +389,40 @@ def run_seed(cfg: CartPoleConfig, policy, seed: int) -> SeedResult:
         losses=losses,
         wall_times=wall,
     )
+
+
+def _infinite_width(cfg: CartPoleConfig, transitions: Transitions, x):
+    """eq. 10 at the NNs' stable rate: (model, times, {method: (mean (m,), std (m,))}).
+
+    Continuous time depends on eta t only, so the paper's eta t is reached at this
+    rate too.
+    """
+    base = TDNTK(cfg.net, transitions, Schedule(1.0))  # the critical rate needs no rate
+    eta = cfg.lr_fraction * base.critical_learning_rate
+    model = base.with_schedule(Schedule(eta))
+    n = transitions.n
+    times = {
+        "matched": float(cfg.steps),
+        "paper": cfg.paper_learning_rate * cfg.paper_steps / eta,
+        "paper_mean": cfg.paper_learning_rate * cfg.paper_steps / n / eta,
+        "inf": np.inf,
+    }
+    pred = model.predict(x, list(times.values()), full_cov=False)
+    keys = ["ntk", "ntk_paper", "ntk_paper_mean", "ntk_inf"]
+    return model, times, {key: (pred.mean[i], pred.std[i]) for i, key in enumerate(keys)}
+
+
+def _data_summary(cfg: CartPoleConfig, data, features) -> dict:
+    return {
+        "transitions": int(data.n),
+        "episodes": int(data.num_episodes),
+        "terminated": int(data.terminated.sum()),
+        "truncated": int(data.truncated.sum()),
+        "truncated_by_time_limit": int(np.sum(data.truncated & (_episode_lengths(data) >= 500))),
+        "standardized": bool(cfg.standardize),
+        "obs_mean": features.obs_mean.tolist(),
+        "obs_scale": features.obs_scale.tolist(),
+    }
 
 
 def _episode_lengths(data) -> np.ndarray:
@@ -491,6 +478,8 @@ class CartPoleResults:
     seeds: list
     rows: list
     wall_times: dict
+    methods: dict = field(default_factory=lambda: dict(METHODS))
+    paper_config: CartPoleConfig | None = None
 
 
 def projected_seconds(cfg: CartPoleConfig, policy) -> float:
@@ -499,18 +488,18 @@ def projected_seconds(cfg: CartPoleConfig, policy) -> float:
     Times 16 steps of the ensemble on a dataset of the configured size (after
     compilation) and one linearisation, then scales linearly in steps and members.
     """
-    from ..empirical import linearised_ensemble
-    from ..training import train_ensemble
 
     _, _, data = make_dataset(cfg, policy, 0)
     x = data.x[:8]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train_ensemble(cfg.net, data, 1e-4, 2, cfg.members, x, progress=False)
-        timed = train_ensemble(cfg.net, data, 1e-4, 16, cfg.members, x, progress=False)
+        train_ensemble(cfg.net, data, Schedule(1e-4), 2, cfg.members, x, progress=False)
+        timed = train_ensemble(cfg.net, data, Schedule(1e-4), 16, cfg.members, x, progress=False)
         t0 = time.perf_counter()
         if cfg.linearised:
-            linearised_ensemble(cfg.net, timed.params0, data, x, [1.0], 1e-4, progress=False)
+            linearised_ensemble(
+                cfg.net, timed.params0, data, x, [1.0], Schedule(1e-4), progress=False
+            )
     lin = (time.perf_counter() - t0) * (cfg.n_transitions + cfg.test_states) / cfg.n_transitions
     nn = timed.wall_time / 16 * (cfg.steps + cfg.paper_lr_steps)
     return cfg.seeds * (nn + lin)
@@ -540,7 +529,7 @@ def simulate(cfg: CartPoleConfig) -> CartPoleResults:
             f"{result.critical_learning_rate:.3g}), {time.perf_counter() - t0:.0f} s"
         )
     wall = {"policy": policy.wall_time, "total": time.perf_counter() - start}
-    return CartPoleResults(cfg, policy, seeds, rows, wall)
+    return CartPoleResults(cfg, policy, seeds, rows, wall, dict(METHODS), PRESETS["paper"])
 
 
 def run(cfg: CartPoleConfig) -> CartPoleResults:
@@ -557,13 +546,13 @@ def run(cfg: CartPoleConfig) -> CartPoleResults:
     return results
 
 
-command = config_command(
-    "cartpole",
-    CartPoleConfig,
-    PRESETS,
-    run,
+COMMAND = Command(
+    config=CartPoleConfig,
+    run=run,
+    presets=PRESETS,
+    default_preset="quick",
     help=(
-        "CartPole offline policy evaluation (paper sec. 5.2, Table 1): trained ensembles vs "
+        "CartPole offline policy evaluation (paper section 5.2, Table 1): trained ensembles vs "
         "TD-NTK (finite and infinite width) against Monte Carlo returns, over several seeds; "
         "writes table.md/table.csv, figures and report.md to --out. '--preset quick' takes "
         "about 5 min on a quiet 2-core CPU; '--preset paper' is GPU-scale and prints a projected "

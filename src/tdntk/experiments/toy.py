@@ -31,19 +31,20 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..data import Transitions
-from ..dynamics import SoftTarget
+from ..dynamics import Schedule, SoftTarget
 from ..empirical import linearised_ensemble, linearised_q, parameter_trajectory
 from ..envs.toy import dataset_states, toy_transitions, true_values
-from ..nets import ACTIVATIONS, MLP
+from ..nets import MLP
 from ..predict import TDNTK
 from ..training import init_ensemble, train_ensemble
-from .config import config_command
+from .command import Command
 
 __all__ = [
     "ToyConfig",
@@ -56,7 +57,7 @@ __all__ = [
     "run",
     "simulate",
     "load_results",
-    "command",
+    "COMMAND",
 ]
 
 
@@ -69,11 +70,9 @@ class ToyConfig:
     """Settings of the toy experiment (defaults: the paper's, app. D.1)."""
 
     out: str = field(default="runs/toy", metadata=_help("Output folder (report.md and figures)."))
-    depth: int = field(default=2, metadata=_help("Hidden layers."))
-    width: int = field(default=1024, metadata=_help("Units per hidden layer."))
-    activation: str = field(default="relu", metadata=_help(f"One of {ACTIVATIONS}."))
-    weight_var: float = field(default=1.0, metadata=_help("sigma_w^2 (eq. 4)."))
-    bias_var: float = field(default=0.1, metadata=_help("sigma_b^2 (eq. 4)."))
+    net: MLP = field(
+        default=MLP(depth=2, width=1024), metadata=_help("The network (eq. 3-4): its fields.")
+    )
     learning_rate: float = field(default=0.01, metadata=_help("eta, summed TD loss (eq. 6)."))
     gamma: float = field(default=1.0, metadata=_help("Discount."))
     n_states: int = field(default=21, metadata=_help("Dataset states linspace(0, 1.25, n)."))
@@ -100,12 +99,14 @@ class ToyConfig:
     n_eval: int = field(default=100, metadata=_help("Evaluation states per range."))
     ood_low: float = field(default=-0.5, metadata=_help("Lowest state of fig. 3."))
     ood_high: float = field(default=2.5, metadata=_help("Highest state of fig. 3."))
-    time: str = field(
+    time: Literal["continuous", "discrete"] = field(
         default="continuous",
         metadata=_help("Closed form in 'continuous' time (the paper) or exact 'discrete' GD."),
     )
     seed: int = field(default=0, metadata=_help("Member i starts from fold_in(PRNGKey(seed), i)."))
-    dtype: str = field(default="float32", metadata=_help("float32 or float64 networks."))
+    dtype: Literal["float32", "float64"] = field(
+        default="float32", metadata=_help("float32 or float64 networks.")
+    )
     resume: bool = field(default=True, metadata=_help("Resume trainings from checkpoints."))
     keep_checkpoints: bool = field(
         default=False, metadata=_help("Keep <out>/checkpoints after success.")
@@ -113,22 +114,17 @@ class ToyConfig:
     progress: bool = field(default=True, metadata=_help("Show progress bars."))
 
     def __post_init__(self):
-        for name in ("depth", "n_states", "steps", "target_steps", "width_steps", "n_eval"):
-            _check_int(name, getattr(self, name), 0 if name == "depth" else 1)
-        for name in ("width", "members", "target_members", "width_members"):
-            _check_int(name, getattr(self, name), 2 if "members" in name else 1)
+        for name in ("n_states", "steps", "target_steps", "width_steps", "n_eval"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("members", "target_members", "width_members"):
+            _check_int(name, getattr(self, name), 2)
         _check_int("mc_inits", self.mc_inits, 2)
         _check_int("width_mc_inits", self.width_mc_inits, 0)
         if self.width_mc_inits == 1:
             raise ValueError("ToyConfig.width_mc_inits must be 0 (none) or >= 2, got 1")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"ToyConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}"
-            )
-        if self.time not in ("continuous", "discrete"):
-            raise ValueError(
-                f"ToyConfig.time must be 'continuous' or 'discrete', got {self.time!r}"
-            )
+        if not isinstance(self.net, MLP):
+            raise ValueError(f"ToyConfig.net must be an MLP, got {self.net!r}")
+        Schedule(self.learning_rate, time=self.time)
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"ToyConfig.dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if not (self.ood_low < 0.0 and self.ood_high > 1.25):
@@ -146,8 +142,9 @@ class ToyConfig:
             raise ValueError(f"ToyConfig.widths must be non-empty positive ints, got {self.widths}")
 
     @property
-    def net(self) -> MLP:
-        return MLP(self.depth, self.width, self.activation, self.weight_var, self.bias_var)
+    def schedule(self) -> Schedule:
+        """The residual-gradient schedule of the main ensemble and figures 1-4, 6."""
+        return Schedule(self.learning_rate, time=self.time)
 
 
 def _check_int(name, value, minimum):
@@ -158,7 +155,7 @@ def _check_int(name, value, minimum):
 PRESETS = {
     "paper": ToyConfig(),
     "quick": ToyConfig(
-        width=256,
+        net=MLP(depth=2, width=256),
         steps=2**13,
         members=16,
         mc_inits=64,
@@ -169,7 +166,7 @@ PRESETS = {
         width_mc_inits=24,
     ),
     "tiny": ToyConfig(
-        width=16,
+        net=MLP(depth=2, width=16),
         steps=64,
         members=2,
         mc_inits=2,
@@ -354,11 +351,11 @@ def _param_counts(depth: int, width: int, input_dim: int = 1) -> int:
     return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
 
 
-def _train(cfg, net, data, x, ckpt, **kwargs):
+def _train(cfg, net, data, x, ckpt, target=None, **kwargs):
     return train_ensemble(
         net,
         data,
-        cfg.learning_rate,
+        Schedule(cfg.learning_rate, target),
         x_eval=x,
         seed=cfg.seed,
         dtype=jnp.dtype(cfg.dtype),
@@ -373,22 +370,22 @@ def projected_seconds(cfg: ToyConfig, data: Transitions, x: np.ndarray) -> dict[
     """Projected network-training seconds per part, from timing a short chunk of the main
     ensemble: {"ensemble + fig. 1", "fig. 7", "width sweep"}.
 
-    The per member-step cost at `cfg.width` is scaled by parameter count to the
+    The per member-step cost at `cfg.net.width` is scaled by parameter count to the
     other widths (a rough guide: small widths are overhead-bound). Lin. (MC) and
     the closed form are not included.
     """
     net, chunk = cfg.net, 32
     common = dict(x_eval=x, seed=cfg.seed, dtype=jnp.dtype(cfg.dtype), progress=False)
-    train_ensemble(net, data, cfg.learning_rate, 2, cfg.members, **common)  # compile
+    train_ensemble(net, data, cfg.schedule, 2, cfg.members, **common)  # compile
     timed = train_ensemble(
-        net, data, cfg.learning_rate, chunk, cfg.members, record_steps=[chunk], **common
+        net, data, cfg.schedule, chunk, cfg.members, record_steps=[chunk], **common
     )
     per_member_step = timed.wall_time / (chunk * cfg.members)
-    p_main = _param_counts(cfg.depth, cfg.width)
+    p_main = _param_counts(cfg.net.depth, cfg.net.width)
     sweep = sum(
-        cfg.width_steps * cfg.width_members * _param_counts(cfg.depth, w) / p_main
+        cfg.width_steps * cfg.width_members * _param_counts(cfg.net.depth, w) / p_main
         for w in cfg.widths
-        if w != cfg.width
+        if w != cfg.net.width
     )
     return {
         "ensemble + fig. 1": per_member_step * cfg.steps * (cfg.members + 1),
@@ -422,10 +419,10 @@ def linearisation_vs_network(cfg: ToyConfig, data, grid: EvalGrid, ckpt_root) ->
         [_flat(_first(_first(res.param_history, r))) - theta0 for r in range(steps.size)]
     )
     omega = np.asarray(
-        parameter_trajectory(cfg.net, params0, data, steps, cfg.learning_rate, time=cfg.time)
+        parameter_trajectory(cfg.net, params0, data, steps, cfg.schedule)
     )
     q_lin = np.asarray(
-        linearised_q(cfg.net, params0, data, grid.x, steps, cfg.learning_rate, time=cfg.time)
+        linearised_q(cfg.net, params0, data, grid.x, steps, cfg.schedule)
     )
     q_nn = res.q[:, 0, :]
     nn_in, lin_in = grid.split(q_nn)["in"], grid.split(q_lin)["in"]
@@ -444,9 +441,7 @@ def lin_mc(cfg: ToyConfig, net: MLP, data, x, inits: int, times) -> np.ndarray:
     """Lin. (MC): eq. 8 for `inits` finite-width initialisations: (E_mc, T, m)."""
     params = init_ensemble(net, data.input_dim, inits, cfg.seed, jnp.dtype(cfg.dtype))
     return np.asarray(
-        linearised_ensemble(
-            net, params, data, x, times, cfg.learning_rate, time=cfg.time, progress=cfg.progress
-        )
+        linearised_ensemble(net, params, data, x, times, cfg.schedule, progress=cfg.progress)
     )
 
 
@@ -454,9 +449,8 @@ def target_run(cfg: ToyConfig, tau: float, data, grid: EvalGrid, ckpt_root) -> T
     """Fig. 7 for one tau: closed form (eq. 15) and trained primary networks at target_steps."""
     start = time.perf_counter()
     target = SoftTarget(tau)
-    pred = TDNTK(cfg.net, data, cfg.learning_rate, target=target, time=cfg.time).predict(
-        grid.x, cfg.target_steps, full_cov=False
-    )
+    schedule = Schedule(cfg.learning_rate, target, time=cfg.time)
+    pred = TDNTK(cfg.net, data, schedule).predict(grid.x, cfg.target_steps, full_cov=False)
     res = _train(
         cfg,
         cfg.net,
@@ -503,7 +497,7 @@ def simulate(cfg: ToyConfig, checkpoint_root: Path) -> ToyResults:
     truth = true_values(x[:, 0], cfg.gamma)
 
     tick = time.perf_counter()
-    _log(f"timing a short training chunk (width {cfg.width}, {cfg.members} members) ...")
+    _log(f"timing a short training chunk (width {cfg.net.width}, {cfg.members} members) ...")
     projected = projected_seconds(cfg, data, x)
     parts = ", ".join(f"{k} {_duration(v)}" for k, v in projected.items())
     _log(
@@ -515,7 +509,7 @@ def simulate(cfg: ToyConfig, checkpoint_root: Path) -> ToyResults:
 
     tick = time.perf_counter()
     steps = _record_steps(cfg)
-    model = TDNTK(cfg.net, data, cfg.learning_rate, time=cfg.time)
+    model = TDNTK(cfg.net, data, cfg.schedule)
     pred = model.predict(x, np.append(steps.astype(np.float64), np.inf), full_cov=False)
     wall["analytic"] = time.perf_counter() - tick
     _log(
@@ -555,7 +549,7 @@ def simulate(cfg: ToyConfig, checkpoint_root: Path) -> ToyResults:
     widths = []
     for width in cfg.widths:
         _log(f"width sweep: width {width}, {cfg.width_steps} steps ...")
-        if width == cfg.width:  # reuse the main ensemble and Lin. (MC)
+        if width == cfg.net.width:  # reuse the main ensemble and Lin. (MC)
             r = int(np.flatnonzero(steps == cfg.width_steps)[0])
             t_mc = int(np.flatnonzero(mc_times == cfg.width_steps)[0])
             mc = q_mc[: cfg.width_mc_inits, t_mc] if cfg.width_mc_inits else None
@@ -582,7 +576,7 @@ def simulate(cfg: ToyConfig, checkpoint_root: Path) -> ToyResults:
         targets=tuple(targets),
         widths=tuple(widths),
         critical_learning_rate=model.critical_learning_rate,
-        max_stable_learning_rate=model.dynamics.max_stable_learning_rate,
+        max_stable_learning_rate=model.max_stable_learning_rate,
         wall_times=wall,
     )
 
@@ -596,7 +590,7 @@ def load_results(out) -> ToyResults:
     settings = {
         k: tuple(v) if "tuple" in str(hints[k]) else v for k, v in summary["settings"].items()
     }
-    cfg = ToyConfig(**settings)
+    cfg = ToyConfig(**(settings | {"net": MLP(**settings["net"])}))
     with np.load(out / "results.npz") as f:
         a = {k: f[k] for k in f.files}
     data = Transitions(a["data_x"], a["data_reward"], a["data_x_next"], a["data_discount"])
@@ -654,13 +648,13 @@ def run(cfg: ToyConfig) -> ToyResults:
     return results
 
 
-command = config_command(
-    "toy",
-    ToyConfig,
-    PRESETS,
-    run,
+COMMAND = Command(
+    config=ToyConfig,
+    run=run,
+    presets=PRESETS,
+    default_preset="quick",
     help=(
-        "The toy chain (paper sec. 5.1, app. D.1): closed form vs trained ensembles, "
+        "The toy chain (paper section 5.1, appendix D.1): closed form vs trained ensembles, "
         "figures 1-4, 6, 7 and a width sweep, with report.md in --out. "
         "'--preset quick' takes minutes on a CPU; '--preset paper' uses the paper's "
         "settings (hours on a CPU; prints a projected time first)."

@@ -11,23 +11,20 @@ Figures use `matplotlib.figure.Figure` (no pyplot state).
 
 from __future__ import annotations
 
-import io as _io
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write_bytes, save_npz, staged_output_dir, write_csv, write_json, write_text
+from ..files import (
+    save_npz,
+    staged_output_dir,
+    write_csv,
+    write_json,
+    write_text,
+)
 from ..metrics import central_interval_halfwidth
-from .plotting import new_figure
-
-
-def save_figure(fig, stem) -> Path:
-    """Write `fig` as ``<stem>.png`` (150 dpi) atomically."""
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=150)
-    return atomic_write_bytes(Path(stem).with_suffix(".png"), buf.getvalue())
-
+from .plotting import new_figure, save_figure
 
 __all__ = ["PAPER_TABLE1", "aggregate", "write_report", "claims"]
 
@@ -53,12 +50,6 @@ _SCORES = ("rmse", "nll", "coverage_68", "coverage_95", "crps")
 _SPREADS = ("abs_error_mean", "abs_error_std", "nll_std")
 
 
-def _methods():
-    from ..experiments.cartpole import METHODS
-
-    return METHODS
-
-
 def _paper(split: str, family: str):
     return PAPER_TABLE1.get((split, "NNs" if family == "NNs" else "TD-NTK"))
 
@@ -69,7 +60,7 @@ def _wall_key(method: str) -> str:
 
 def aggregate(results) -> list[dict]:
     """One row per (split, method): scores as mean and std over seeds, spreads, wall time."""
-    methods = _methods()
+    methods = results.methods
     rows = results.rows
     out = []
     for split in ("train", "test", "train-init"):
@@ -278,7 +269,7 @@ def _z_scores(results, split, method):
 
 def calibration_figure(results, stem):
     """Coverage of central intervals vs their nominal level, per split (pooled over seeds)."""
-    methods = _methods()
+    methods = results.methods
     levels = np.linspace(0.05, 0.95, 19)
     fig, axes = new_figure(1, 2, size=(4.6, 4.0))
     for ax, split in zip(axes, ("train", "test"), strict=True):
@@ -300,13 +291,13 @@ def calibration_figure(results, stem):
         )
         ax.title.set_fontsize(9)
     axes[1].legend(fontsize=7, loc="upper left")
-    return save_figure(fig, stem)
+    return save_figure(fig, stem, formats=("png",))[0]
 
 
 def scatter_figure(results, split, stem):
     """Predicted mean (+-1 std) vs Monte Carlo truth for each method, seed 0."""
     s = results.seeds[0]
-    methods = [k for k in _methods() if k in s.predictions]
+    methods = [k for k in results.methods if k in s.predictions]
     cols = 3
     rows = int(np.ceil(len(methods) / cols))
     fig, axes = new_figure(rows, cols, size=(3.4, 3.2))
@@ -340,7 +331,7 @@ def scatter_figure(results, split, stem):
         f"{show.size} points)",
         fontsize=9,
     )
-    return save_figure(fig, stem)
+    return save_figure(fig, stem, formats=("png",))[0]
 
 
 def training_figure(results, stem):
@@ -365,7 +356,7 @@ def training_figure(results, stem):
             title=f"NNs, {eta}",
         )
         ax.legend(fontsize=7)
-    return save_figure(fig, stem)
+    return save_figure(fig, stem, formats=("png",))[0]
 
 
 # ---------------------------------------------------------------------- report
@@ -407,8 +398,8 @@ def _setup_text(results) -> str:
 - **Splits**: {"; ".join(SPLIT_TEXT.values())}. Points per seed:
   train {s0.inputs.splits["train"].size},
   train-init {s0.inputs.splits["train-init"].size}, test {s0.inputs.splits["test"].size}.
-- **Networks**: depth {cfg.depth}, width {cfg.width}, {cfg.activation},
-  sigma_w^2 = {cfg.weight_var}, sigma_b^2 = {cfg.bias_var}, {cfg.members} members per seed,
+- **Networks**: depth {cfg.net.depth}, width {cfg.net.width}, {cfg.net.activation},
+  sigma_w^2 = {cfg.net.weight_var}, sigma_b^2 = {cfg.net.bias_var}, {cfg.members} members per seed,
   full-batch TD gradient descent on the
   summed loss (eq. 6), {cfg.steps} steps.
 - **Learning rates**: the critical rate of the dataset's analytic kernel (eq. 11, summed loss) is
@@ -438,15 +429,13 @@ def _divergence_text(diverged) -> str:
     return f"diverged in {len(hits)} of {len(diverged)} seeds"
 
 
-def _quick_note(cfg) -> str:
-    from ..experiments.cartpole import PRESETS
-
-    paper = PRESETS["paper"]
+def _quick_note(cfg, paper) -> str:
+    """How `cfg` differs from the paper preset `paper` (both `CartPoleConfig`s)."""
     diffs = [
-        f"{name} {getattr(cfg, name)} (paper preset {getattr(paper, name)})"
+        f"{name} {_get(cfg, name)} (paper preset {_get(paper, name)})"
         for name in (
             "n_transitions",
-            "width",
+            "net.width",
             "members",
             "steps",
             "paper_lr_steps",
@@ -454,11 +443,17 @@ def _quick_note(cfg) -> str:
             "mc_rollouts",
             "seeds",
         )
-        if getattr(cfg, name) != getattr(paper, name)
+        if _get(cfg, name) != _get(paper, name)
     ]
     if not diffs:
         return "These are the paper preset's settings.\n"
     return "**Reduced settings** (to fit the CPU budget): " + "; ".join(diffs) + ".\n"
+
+
+def _get(cfg, dotted: str):
+    for name in dotted.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
 
 
 def write_report(results, out) -> Path:
@@ -524,7 +519,8 @@ def _report_markdown(results, agg, table) -> str:
         "# CartPole offline policy evaluation (paper sec. 5.2, Table 1)",
         "",
         f"Produced by `tdntk cartpole` with the settings in config.json "
-        f"(total {results.wall_times['total'] / 60:.1f} min). {_quick_note(cfg)}",
+        f"(total {results.wall_times['total'] / 60:.1f} min). "
+        + _quick_note(cfg, results.paper_config),
         _setup_text(results),
         "## Table",
         "",

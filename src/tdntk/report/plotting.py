@@ -14,9 +14,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..io import atomic_write_bytes
+from ..files import atomic_write_bytes
 
-__all__ = ["COLORS", "new_figure", "band", "mark_states", "save_figure"]
+__all__ = ["COLORS", "new_figure", "band", "mark_states", "save_figure", "figure_bytes"]
 
 COLORS = {
     "analytic": "tab:blue",
@@ -57,12 +57,19 @@ def mark_states(ax: Axes, states, color: str = COLORS["data"], label: str | None
     )
 
 
-def save_figure(fig: Figure, stem) -> list[Path]:
-    """Write `fig` as ``<stem>.png`` (150 dpi) and ``<stem>.pdf`` atomically; returns the paths."""
+_FORMATS = {"png": {"dpi": 150}, "pdf": {"metadata": {"CreationDate": None}}}
+
+
+def save_figure(fig: Figure, stem, formats=("png", "pdf")) -> list[Path]:
+    """Write `fig` as ``<stem>.png`` (150 dpi) and/or ``<stem>.pdf`` atomically; the paths."""
     stem = Path(stem)
-    paths = []
-    for fmt, extra in (("png", {"dpi": 150}), ("pdf", {"metadata": {"CreationDate": None}})):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, **extra)
-        paths.append(atomic_write_bytes(stem.with_suffix(f".{fmt}"), buf.getvalue()))
-    return paths
+    return [
+        atomic_write_bytes(stem.with_suffix(f".{fmt}"), figure_bytes(fig, fmt)) for fmt in formats
+    ]
+
+
+def figure_bytes(fig: Figure, fmt: str = "png", **options) -> bytes:
+    """`fig` rendered as PNG (150 dpi unless `options` say otherwise) or PDF bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, **(_FORMATS[fmt] | options))
+    return buf.getvalue()

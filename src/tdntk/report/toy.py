@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import save_npz, write_csv, write_json, write_text
+from ..files import save_npz, write_csv, write_json, write_text
 from ..metrics import fit_gaussian, rmse
 from .plotting import COLORS, band, mark_states, new_figure, save_figure
 
@@ -165,7 +165,18 @@ def _verdict(ok: bool, partly: bool = False) -> str:
 
 
 def assess_claims(res) -> list[Claim]:
-    """The paper's claims for sec. 5.1 (and the issue's width check), each decided by a rule."""
+    """The paper's claims for sec. 5.1 (and the width check), each decided by a rule."""
+    return [
+        *_fig1_claims(res),
+        *_fig2_3_claims(res),
+        *_fig4_claims(res),
+        *_fig7_claims(res),
+        *_width_claims(res),
+    ]
+
+
+def _fig1_claims(res) -> list[Claim]:
+    """Fig. 1: one network against its own linearisation."""
     f1, claims = res.fig1, []
     dist = float(f1.param_distance[-1])
     claims.append(
@@ -202,6 +213,12 @@ def assess_claims(res) -> list[Claim]:
             "reproduced if < 0.5, partly if < 0.9",
         )
     )
+    return claims
+
+
+def _fig2_3_claims(res) -> list[Claim]:
+    """Figs 2-3: the ensemble's mean and std against eq. 10 over training."""
+    claims = []
     eva = ensemble_vs_analytic(res)
     snaps = snapshot_indices(res.steps)
     worst = float(eva["mean_rmse_in"][snaps].max())
@@ -245,6 +262,12 @@ def assess_claims(res) -> list[Claim]:
             "reproduced if >= 0.1, partly if > 0",
         )
     )
+    return claims
+
+
+def _fig4_claims(res) -> list[Claim]:
+    """Fig. 4: the methods' uncertainty at and between the dataset states."""
+    claims = []
     rows = {r["method"]: r for r in method_table(res)}
     lin = rows["Lin. (eq. 10, t = inf)"]
     nn = rows[f"NNs, t = {res.steps[-1]}"]
@@ -285,6 +308,14 @@ def assess_claims(res) -> list[Claim]:
             "reproduced if > 2, partly if > 1.2",
         )
     )
+    return claims
+
+
+def _fig7_claims(res) -> list[Claim]:
+    """Fig. 7: target networks."""
+    claims = []
+    r_t = int(np.argmin(np.abs(res.steps - res.config.target_steps)))
+    single = float(ensemble_vs_analytic(res)["mean_rmse_in"][r_t])
     ts = target_summary(res)
     order = np.argsort(ts["tau"])
     a_err, n_err = ts["analytic_rmse_vs_true"][order], ts["nn_rmse_vs_true"][order]
@@ -312,8 +343,6 @@ def assess_claims(res) -> list[Claim]:
             "reproduced if max / min <= 1.5, partly if <= 3",
         )
     )
-    r_t = int(np.argmin(np.abs(res.steps - res.config.target_steps)))
-    single = float(eva["mean_rmse_in"][r_t])
     worse = ts["nn_vs_analytic"] > single
     claims.append(
         Claim(
@@ -327,6 +356,12 @@ def assess_claims(res) -> list[Claim]:
             "reproduced if every tau is above the single network, partly if some",
         )
     )
+    return claims
+
+
+def _width_claims(res) -> list[Claim]:
+    """The width sweep: wider ensembles against the infinite-width prediction."""
+    claims = []
     ws = width_summary(res)
     if ws["width"].size >= 2:
         o = np.argsort(ws["width"])
@@ -347,6 +382,8 @@ def assess_claims(res) -> list[Claim]:
                 )
             )
     return claims
+
+
 
 
 # ---------------------------------------------------------------------- figures
@@ -375,7 +412,7 @@ def fig1(res):
         ax.set_title(title, fontsize=10)
         _finish(ax, "gradient steps t", ylabel)
     fig.suptitle(
-        f"Fig. 1: one network (width {res.config.width}) vs its linearisation (eq. 8)",
+        f"Fig. 1: one network (width {res.config.net.width}) vs its linearisation (eq. 8)",
         fontsize=11,
     )
     return fig, {

@@ -16,7 +16,7 @@ The paper does not say how; here it is `train_cartpole_policy`:
   it). So the policy is neither random nor perfect, and its values differ
   between states (a perfect policy has value 500 - t everywhere).
 
-Everything is seeded and vectorised (`tdntk.rollouts.simulate_cartpole`): a
+Everything is seeded and vectorised (`tdntk.envs.cartpole.simulate_cartpole`): a
 few seconds on one CPU core.
 
 Shapes: A actions, o observation width, n observations.
@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .rollouts import RESET_BOUND, CartPolePhysics, episode_returns, simulate_cartpole
+from ..datasets.policies import sample_actions
+from ..envs.cartpole import RESET_BOUND, CartPolePhysics, episode_returns, simulate_cartpole
 
 __all__ = ["LinearPolicy", "PolicyTraining", "train_cartpole_policy"]
 
@@ -102,12 +103,9 @@ class LinearPolicy:
 
     def __call__(self, obs):
         """Sample actions: an int for obs (o,), (n,) ints for (n, o)."""
-        greedy = self.greedy(obs)
-        shape = np.shape(greedy)
-        explore = self._rng.random(shape) < self.epsilon
-        random = self._rng.integers(self.num_actions, size=shape)
-        action = np.where(explore, random, greedy)
-        return int(action) if action.ndim == 0 else action.astype(np.int64)
+        probs = self.action_probs(obs)
+        action = sample_actions(probs.reshape(-1, self.num_actions), self._rng)
+        return int(action[0]) if probs.ndim == 1 else action
 
     def reseeded(self, seed: int) -> LinearPolicy:
         """The same policy with a fresh action-sampling generator."""

@@ -18,33 +18,38 @@ o observation features, E members.
 
 from __future__ import annotations
 
-import io as _io
-import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import psutil
 
-from .. import io
 from ..data import Transitions
-from ..dynamics import LOSSES, TIMES, SoftTarget
-from ..nets import ACTIVATIONS, MLP
+from ..datasets.features import Features, next_inputs, to_transitions
+from ..datasets.minari_io import load_minari
+from ..datasets.offline import OfflineData, infer_spaces, load_npz
+from ..datasets.policies import is_stochastic, load_policy
+from ..datasets.spaces import components, has_discrete_leaf, readable_names
+from ..dynamics import Schedule, SoftTarget
+from ..nets import MLP
 from ..predict import TDNTK
-from .features import Features, next_inputs, to_transitions
-from .offline import OfflineData, infer_spaces
-from .policies import is_stochastic, load_policy
-from .spaces import components, has_discrete_leaf, readable_columns
+from ..training import train_ensemble
+from .command import Command
 
 __all__ = [
     "EvaluateConfig",
+    "EvaluateCommand",
     "ValueEstimate",
     "MemoryLimitError",
     "evaluate",
-    "write_evaluation",
+    "run",
     "memory_estimate",
     "machine_memory",
     "state_values",
+    "COMMAND",
 ]
 
 GIB = 2.0**30
@@ -52,7 +57,6 @@ GIB = 2.0**30
 # itself eta * l_max is close to 2 (l_min ~ 0 for TD data), the edge of stability of
 # gradient descent, where finite networks (whose empirical NTK differs) can diverge.
 DEFAULT_RATE_FRACTION = 0.5
-ESTIMATORS = ("td", "residual-gradient")
 ESTIMATOR_NAMES = {
     "td": "TD: semi-gradient TD with a soft target network (paper sec. 4.2, 'target network'); "
     "at t = inf the averaged Bellman equation holds at every distinct input",
@@ -62,8 +66,8 @@ ESTIMATOR_NAMES = {
 }
 
 
-class MemoryLimitError(RuntimeError):
-    """The dense kernels for the dataset would not fit in memory."""
+class MemoryLimitError(ValueError):
+    """The dense kernels for the dataset would not fit in memory (a too-large input)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class EvaluateConfig:
         default=float("inf"),
         metadata={"help": "Training time in gradient steps (paper: 2^16); inf = converged."},
     )
-    estimator: str = field(
+    estimator: Literal["td", "residual-gradient"] = field(
         default="td",
         metadata={
             "help": "td: TD with a soft target network (semi-gradient; the fixed point of "
@@ -94,16 +98,16 @@ class EvaluateConfig:
         default=None,
         metadata={"help": "eta; None: half the critical learning rate of eq. 11 for the data."},
     )
-    loss: str = field(default="sum", metadata={"help": "TD loss reduction: sum (eq. 6) or mean."})
-    time: str = field(
+    loss: Literal["sum", "mean"] = field(
+        default="sum", metadata={"help": "TD loss reduction: sum (eq. 6) or mean."}
+    )
+    time: Literal["continuous", "discrete"] = field(
         default="continuous",
         metadata={"help": "continuous (gradient flow) or discrete (exact linearised GD)."},
     )
-    depth: int = field(default=2, metadata={"help": "Hidden layers of the MLP."})
-    width: int = field(default=512, metadata={"help": "Hidden width (finite ensemble only)."})
-    activation: str = field(default="relu", metadata={"help": "relu, erf or identity."})
-    weight_var: float = field(default=1.0, metadata={"help": "sigma_w^2 (eq. 4)."})
-    bias_var: float = field(default=0.1, metadata={"help": "sigma_b^2 (eq. 4)."})
+    net: MLP = field(
+        default=MLP(depth=2, width=512), metadata={"help": "The network (eq. 3-4): its fields."}
+    )
     standardize: bool = field(
         default=True, metadata={"help": "Standardise observations with dataset mean and std."}
     )
@@ -127,24 +131,19 @@ class EvaluateConfig:
             raise ValueError(f"gamma must lie in [0, 1], got {self.gamma!r}")
         if np.isnan(self.t) or self.t < 0:
             raise ValueError(f"t must be >= 0 (inf allowed), got {self.t!r}")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.estimator not in ESTIMATOR_NAMES:
+            raise ValueError(
+                f"estimator must be one of {tuple(ESTIMATOR_NAMES)}, got {self.estimator!r}"
+            )
+        if not isinstance(self.net, MLP):
+            raise ValueError(f"net must be an MLP, got {self.net!r}")
         SoftTarget(self.target_tau)
         if self.time == "discrete" and self.target_tau > 1:
             raise ValueError(
                 f"target_tau must lie in [0, 1] with time='discrete' (a fraction per step, "
                 f"eq. 12), got {self.target_tau}"
             )
-        if self.learning_rate is not None and (
-            not np.isfinite(self.learning_rate) or self.learning_rate <= 0
-        ):
-            raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.time not in TIMES:
-            raise ValueError(f"time must be one of {TIMES}, got {self.time!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        self.schedule(1.0 if self.learning_rate is None else self.learning_rate)  # validates
         if self.ensemble < 0:
             raise ValueError(f"ensemble must be >= 0, got {self.ensemble}")
         if self.ensemble and not np.isfinite(self.t):
@@ -156,12 +155,13 @@ class EvaluateConfig:
         if self.memory_limit_gib is not None and not self.memory_limit_gib > 0:
             raise ValueError(f"memory_limit_gib must be > 0, got {self.memory_limit_gib}")
 
-    def mlp(self) -> MLP:
-        return MLP(self.depth, self.width, self.activation, self.weight_var, self.bias_var)
-
     def target(self) -> SoftTarget | None:
         """The target network of the estimator (None: residual gradient)."""
         return SoftTarget(self.target_tau) if self.estimator == "td" else None
+
+    def schedule(self, learning_rate: float) -> Schedule:
+        """The `Schedule` of these settings at `learning_rate`."""
+        return Schedule(learning_rate, self.target(), self.time, self.loss)
 
 
 @dataclass(frozen=True)
@@ -190,22 +190,9 @@ class ValueEstimate:
 
 # ---------------------------------------------------------------------- memory
 def machine_memory() -> tuple[int, int]:
-    """(available, total) bytes: /proc/meminfo's MemAvailable and MemTotal, else os.sysconf."""
-    try:
-        info = {}
-        with open("/proc/meminfo") as f:
-            for line in f:
-                key, value = line.split(":", 1)
-                info[key] = int(value.split()[0]) * 1024
-        return info["MemAvailable"], info["MemTotal"]
-    except (OSError, KeyError, ValueError):
-        page = os.sysconf("SC_PAGE_SIZE")
-        total = page * os.sysconf("SC_PHYS_PAGES")
-        try:
-            available = page * os.sysconf("SC_AVPHYS_PAGES")
-        except (ValueError, OSError):
-            available = total
-        return available, total
+    """(available, total) bytes of this machine's memory (psutil)."""
+    mem = psutil.virtual_memory()
+    return int(mem.available), int(mem.total)
 
 
 def _per_transition_squared(k: int, target: bool) -> float:
@@ -255,70 +242,21 @@ def _check_memory(n: int, k: int, m_chunk: int, target: bool, limit_gib: float |
             f"({n * (1 + k)} kernel inputs) need about {need / GIB:.2f} GiB, above the limit of "
             f"{limit / GIB:.2f} GiB (this machine: {available / GIB:.2f} GiB available of "
             f"{total / GIB:.2f} GiB). Subsample with --max-transitions {fit} "
-            "(max_transitions=..., chosen reproducibly with --seed), or raise --memory-limit "
+            "(max_transitions=..., chosen reproducibly with --seed), or raise --memory-limit-gib "
             "if more memory is free."
         )
     return info
 
 
-# ---------------------------------------------------------------------- kernels
-class _CachedKernels:
-    """``net.kernels`` remembering its last results, so the model rebuilt at the critical
-    learning rate reuses the kernels of the probe model (same inputs, same values)."""
-
-    def __init__(self, net: MLP):
-        self.net = net
-        self._cache: dict = {}
-
-    def __call__(self, x1, x2):
-        key = (_digest(x1), _digest(x2))
-        if key not in self._cache:
-            self._cache = {key: self.net.kernels(x1, x2)}
-        return self._cache[key]
-
-    def kernel_diagonals(self, x):
-        return self.net.kernel_diagonals(x)
-
-    def clear(self) -> None:
-        self._cache = {}
-
-
-def _digest(x) -> tuple:
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    return x.shape, hash(x.tobytes())
-
-
-def _safe_learning_rate(net: MLP, data: Transitions, target: bool, loss: str) -> float:
-    """A rate at or below eq. 11's critical rate, from kernel diagonals alone.
-
-    ``l_max(Theta_bar) <= 2 (tr Theta_XX + tr Theta_X''X'')`` because ``||G P|| <= 1``
-    (each column of P has one entry <= 1, rows sum to 1, g <= 1), so
-    ``2 / (l_max + l_min) >= 1 / (2 (tr_X + tr_X''))``; with a target network
-    the driving kernel is Theta_XX and the bound ``1 / tr_X`` is looser still.
-    """
-    tr_x = float(np.sum(net.kernel_diagonals(data.x)[1]))
-    tr_next = 0.0 if target else float(np.sum(net.kernel_diagonals(data.x_next_flat)[1]))
-    eta = 1.0 / (4.0 * (tr_x + tr_next))
-    return eta * (data.n if loss == "mean" else 1.0)
-
-
+# ---------------------------------------------------------------------- the model
 def _build_model(cfg: EvaluateConfig, transitions: Transitions) -> tuple[TDNTK, float]:
     """The TDNTK at cfg.learning_rate, or at `DEFAULT_RATE_FRACTION` of the critical rate
-    (eq. 11) when it is None."""
-    net = cfg.mlp()
-    target = cfg.target()
-    kernels = _CachedKernels(net)
+    (eq. 11, read off the same factorisation) when it is None."""
+    model = TDNTK(cfg.net, transitions, cfg.schedule(cfg.learning_rate or 1.0))
     if cfg.learning_rate is not None:
-        model = TDNTK(kernels, transitions, cfg.learning_rate, target, cfg.time, cfg.loss)
         return model, cfg.learning_rate
-    probe_rate = _safe_learning_rate(net, transitions, target is not None, cfg.loss)
-    probe = TDNTK(kernels, transitions, probe_rate, target, cfg.time, cfg.loss)
-    rate = DEFAULT_RATE_FRACTION * probe.critical_learning_rate
-    if not np.isfinite(cfg.t) and cfg.time == "continuous":
-        return probe, rate  # the converged ensemble does not depend on eta
-    del probe
-    model = TDNTK(kernels, transitions, rate, target, cfg.time, cfg.loss)
-    return model, rate
+    rate = DEFAULT_RATE_FRACTION * model.critical_learning_rate
+    return model.with_schedule(cfg.schedule(rate)), rate
 
 
 # ---------------------------------------------------------------------- values
@@ -439,7 +377,87 @@ def evaluate(
     policy_name = policy if isinstance(policy, str) else _policy_label(policy, data)
     if isinstance(policy, str):
         policy = load_policy(policy)
-    n_total = data.n
+    problem = _prepare(data, cfg, policy, states)
+    chunk = max(1, 2048 // problem.x_test.shape[1])
+    memory = _check_memory(
+        problem.transitions.n, problem.transitions.k,
+        min(chunk, len(problem.states)) * problem.x_test.shape[1],
+        cfg.target() is not None and np.isfinite(cfg.t), cfg.memory_limit_gib,
+    )  # fmt: skip
+    timings["data_and_features"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    model, rate = _build_model(cfg, problem.transitions)
+    timings["kernels_and_factorisation"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    mean, std = state_values(model, problem.x_test, problem.weights, cfg.t, chunk)
+    timings["predict"] = time.perf_counter() - clock
+
+    ens_mean = ens_std = ensemble_info = None
+    if cfg.ensemble:
+        clock = time.perf_counter()
+        ens_mean, ens_std, ensemble_info = _finite_ensemble(
+            cfg, problem.transitions, rate, problem.x_test, problem.weights, progress
+        )
+        timings["ensemble"] = time.perf_counter() - clock
+    timings["total"] = time.perf_counter() - start
+    summary = {
+        "settings": asdict(cfg),
+        "policy": policy_name,
+        "data": _data_summary(problem, data.n),
+        "states": {"count": int(len(problem.states)), "source": problem.source},
+        "estimator": {
+            "name": cfg.estimator,
+            "description": ESTIMATOR_NAMES[cfg.estimator],
+            "target_tau": cfg.target_tau if cfg.estimator == "td" else None,
+            "converges": bool(model.dynamics.converges),
+            "growth": float(model.dynamics.stability.growth),
+        },
+        "learning_rate": rate,
+        "learning_rate_source": (
+            "given"
+            if cfg.learning_rate is not None
+            else f"{DEFAULT_RATE_FRACTION:g} x critical (eq. 11)"
+        ),
+        "critical_learning_rate": model.critical_learning_rate,
+        "max_stable_learning_rate": model.max_stable_learning_rate,
+        "memory": memory,
+        "timings_s": timings,
+        "values": {
+            "mean_of_means": float(np.mean(mean)),
+            "mean_std": float(np.mean(std)),
+            "min": float(np.min(mean)),
+            "max": float(np.max(mean)),
+        },
+        "ensemble": ensemble_info,
+    }
+    return ValueEstimate(
+        problem.states, mean, std, ens_mean, ens_std, summary, problem.observation_space
+    )
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """The encoded data and the states to evaluate (shapes in the module docstring).
+
+    Attributes:
+        data: the (subsampled) `OfflineData`; transitions: its `Transitions`.
+        states: (m, o) states; x_test: (m, k, d) their policy's inputs;
+        weights: (m, k) the inputs' probabilities; source: where the states come from.
+    """
+
+    data: OfflineData
+    transitions: Transitions
+    states: np.ndarray
+    x_test: np.ndarray
+    weights: np.ndarray
+    source: str
+    observation_space: object
+    action_space: object
+
+
+def _prepare(data: OfflineData, cfg: EvaluateConfig, policy, states) -> _Problem:
+    """Subsample, encode features, build the transitions and the states to evaluate."""
     if cfg.max_transitions is not None:
         data = data.subsample(cfg.max_transitions, cfg.seed)
     obs_space, action_space = infer_spaces(data)
@@ -452,73 +470,25 @@ def evaluate(
         data, transitions, features, policy, action_space, states
     )
     weights = np.ones(x_test.shape[:2]) if weights is None else weights
-    k_test = x_test.shape[1]
-    chunk = max(1, 2048 // k_test)
-    memory = _check_memory(
-        transitions.n, transitions.k, min(chunk, len(states)) * k_test,
-        cfg.target() is not None and np.isfinite(cfg.t), cfg.memory_limit_gib,
-    )  # fmt: skip
-    timings["data_and_features"] = time.perf_counter() - clock
+    return _Problem(
+        data, transitions, states, x_test, weights, source, obs_space, action_space
+    )
 
-    clock = time.perf_counter()
-    model, rate = _build_model(cfg, transitions)
-    timings["kernels_and_factorisation"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    mean, std = state_values(model, x_test, weights, cfg.t, chunk)
-    timings["predict"] = time.perf_counter() - clock
 
-    ens_mean = ens_std = None
-    ensemble_info = None
-    if cfg.ensemble:
-        clock = time.perf_counter()
-        ens_mean, ens_std, ensemble_info = _finite_ensemble(
-            cfg, transitions, rate, x_test, weights, progress
-        )
-        timings["ensemble"] = time.perf_counter() - clock
-    timings["total"] = time.perf_counter() - start
-
-    summary = {
-        "settings": asdict(cfg),
-        "policy": policy_name,
-        "data": {
-            "transitions_total": n_total,
-            "transitions_used": data.n,
-            "episodes": data.num_episodes,
-            "terminated": int(data.terminated.sum()),
-            "truncated": int(data.truncated.sum()),
-            "observation_dim": data.obs_dim,
-            "observation_space": str(obs_space),
-            "action_space": str(action_space),
-            "input_dim": transitions.input_dim,
-            "next_inputs_per_transition": transitions.k,
-        },
-        "states": {"count": int(len(states)), "source": source},
-        "estimator": {
-            "name": cfg.estimator,
-            "description": ESTIMATOR_NAMES[cfg.estimator],
-            "target_tau": cfg.target_tau if cfg.estimator == "td" else None,
-            "converges": bool(model.dynamics.converges),
-            "growth": float(model.dynamics.growth),
-        },
-        "learning_rate": rate,
-        "learning_rate_source": (
-            "given"
-            if cfg.learning_rate is not None
-            else f"{DEFAULT_RATE_FRACTION:g} x critical (eq. 11)"
-        ),
-        "critical_learning_rate": model.critical_learning_rate,
-        "max_stable_learning_rate": model.dynamics.max_stable_learning_rate,
-        "memory": memory,
-        "timings_s": timings,
-        "values": {
-            "mean_of_means": float(np.mean(mean)),
-            "mean_std": float(np.mean(std)),
-            "min": float(np.min(mean)),
-            "max": float(np.max(mean)),
-        },
-        "ensemble": ensemble_info,
+def _data_summary(problem: _Problem, n_total: int) -> dict:
+    data, transitions = problem.data, problem.transitions
+    return {
+        "transitions_total": n_total,
+        "transitions_used": data.n,
+        "episodes": data.num_episodes,
+        "terminated": int(data.terminated.sum()),
+        "truncated": int(data.truncated.sum()),
+        "observation_dim": data.obs_dim,
+        "observation_space": str(problem.observation_space),
+        "action_space": str(problem.action_space),
+        "input_dim": transitions.input_dim,
+        "next_inputs_per_transition": transitions.k,
     }
-    return ValueEstimate(states, mean, std, ens_mean, ens_std, summary, obs_space)
 
 
 def _policy_label(policy, data: OfflineData) -> str:
@@ -533,21 +503,18 @@ def _policy_label(policy, data: OfflineData) -> str:
 
 def _finite_ensemble(cfg, transitions, rate, x_test, weights, progress):
     """E finite networks trained by TD gradient descent (`tdntk.training.train_ensemble`)."""
-    from ..training import train_ensemble
-
     m, k, d = x_test.shape
     steps = int(cfg.t)
     result = train_ensemble(
-        cfg.mlp(), transitions, rate, steps, cfg.ensemble, x_test.reshape(-1, d),
-        target=cfg.target(),
-        seed=cfg.seed, loss=cfg.loss, progress=progress, record_steps=[steps],
+        cfg.net, transitions, cfg.schedule(rate), steps, cfg.ensemble, x_test.reshape(-1, d),
+        seed=cfg.seed, progress=progress, record_steps=[steps],
     )  # fmt: skip
     q = np.asarray(result.q[-1], dtype=np.float64).reshape(cfg.ensemble, m, k)
     values = np.einsum("emk,mk->em", q, weights)
     ddof = 1 if cfg.ensemble > 1 else 0
     info = {
         "members": cfg.ensemble,
-        "width": cfg.width,
+        "width": cfg.net.width,
         "steps": steps,
         "learning_rate": rate,
         "final_loss_mean": float(np.mean(result.loss[-1])),
@@ -557,75 +524,121 @@ def _finite_ensemble(cfg, transitions, rate, x_test, weights, progress):
     return values.mean(axis=0), values.std(axis=0, ddof=ddof), info
 
 
-# ---------------------------------------------------------------------- outputs
-def write_evaluation(result: ValueEstimate, out, plot_coordinate: int = 0) -> Path:
-    """Write values.csv, values.png and summary.json into the folder `out` (staged: a
-    failure leaves `out` as it was).
+# ---------------------------------------------------------------------- the command
+@dataclass(frozen=True)
+class EvaluateCommand:
+    """`tdntk evaluate`: where the data, policy and states come from, where results go,
+    and the `EvaluateConfig` settings."""
 
-    values.csv: ``state``, then for a space with Discrete/MultiDiscrete/MultiBinary
-    parts the unflattened components (``state_index`` for a Discrete space;
-    `spaces.component_names`), then ``obs_0 .. obs_{o-1}`` (the flat observation),
-    the values. `plot_coordinate` indexes the readable columns (`spaces.readable_names`:
-    the components, or ``obs_j`` for Box-only spaces).
-    """
-    o = result.states.shape[1]
-    names, readable = readable_columns(result.observation_space, result.states)
-    if not 0 <= int(plot_coordinate) < len(names):
+    data: str | None = field(default=None, metadata={"help": "Dataset .npz (docs/datasets.md)."})
+    minari: str | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of --data: a Minari dataset id or folder stored locally "
+            "(never downloaded)."
+        },
+    )
+    policy: str | None = field(
+        default=None,
+        metadata={
+            "help": "Target policy PKG.MODULE:FUNC or path/file.py:FUNC; default: the "
+            "behaviour policy from the recorded next actions (SARSA-style)."
+        },
+    )
+    states: str | None = field(
+        default=None,
+        metadata={
+            "help": "States to evaluate: a .npz with an (m, obs_dim) array 'observations' "
+            "(flattened like the data's; needs --policy)."
+        },
+    )
+    out: str | None = field(
+        default=None,
+        metadata={"help": "Output folder (values.csv, values.png, summary.json).",
+                  "required": True},  # fmt: skip
+    )
+    plot_coordinate: int = field(
+        default=0,
+        metadata={
+            "help": "State column on the plot's x axis: an observation coordinate (Box) or a "
+            "decoded component (state_index for a Discrete space)."
+        },
+    )
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    settings: EvaluateConfig = field(default=EvaluateConfig(), metadata={"help": "Settings."})
+
+    def __post_init__(self):
+        if (self.data is None) == (self.minari is None):
+            raise ValueError("give exactly one of --data FILE.npz or --minari DATASET")
+        if self.out is None:
+            raise ValueError("--out is required: the folder for values.csv and summary.json")
+
+
+def _load_states(path: Path) -> np.ndarray:
+    """The (m, o) array 'observations' of a states .npz."""
+    if not path.is_file():
+        raise FileNotFoundError(f"states file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "observations" not in archive.files:
+                raise ValueError(
+                    f"{path}: missing array 'observations' (found: {', '.join(archive.files)})"
+                )
+            return np.asarray(archive["observations"], dtype=np.float64)
+    except ValueError:
+        raise
+    except Exception as err:
+        raise ValueError(f"{path}: cannot read as a .npz archive ({err})") from None
+
+
+def run(cmd: EvaluateCommand) -> ValueEstimate:
+    """Load the data (and policy, states), evaluate, write the results into ``cmd.out``."""
+    from ..report.evaluate import write_evaluation  # matplotlib only when writing
+
+    policy = None if cmd.policy is None else load_policy(cmd.policy)
+    data = load_npz(cmd.data) if cmd.data is not None else load_minari(cmd.minari)
+    names = readable_names(data.observation_space, data.obs_dim)
+    if not 0 <= cmd.plot_coordinate < len(names):
+        shown = ", ".join(names) if len(names) <= 6 else f"{names[0]}, ..., {names[-1]}"
         raise ValueError(
-            f"plot_coordinate must lie in [0, {len(names)}) (one of {_preview(names)}), "
-            f"got {plot_coordinate}"
+            f"--plot-coordinate must lie in [0, {len(names)}) for the state columns {shown}, "
+            f"got {cmd.plot_coordinate}"
         )
-    columns: dict[str, np.ndarray] = {"state": np.arange(len(result.states))}
-    if has_discrete_leaf(result.observation_space):
-        columns.update({name: _integral(readable[:, j]) for j, name in enumerate(names)})
-    for j in range(o):
-        columns[f"obs_{j}"] = result.states[:, j]
-    columns["value_mean"] = result.value_mean
-    columns["value_std"] = result.value_std
-    if result.ensemble_mean is not None:
-        columns["ensemble_mean"] = result.ensemble_mean
-        columns["ensemble_std"] = result.ensemble_std
-    j = int(plot_coordinate)
-    png = _plot(result, readable[:, j], names[j])
-    summary = dict(result.summary, plot_coordinate=j, plot_x=names[j])
-    with io.staged_output_dir(out) as tmp:
-        io.write_csv(tmp / "values.csv", columns)
-        io.atomic_write_bytes(tmp / "values.png", png)
-        io.write_json(tmp / "summary.json", summary)
-    return Path(out)
+    states = None if cmd.states is None else _load_states(Path(cmd.states))
+    result = evaluate(data, cmd.settings, policy, states, progress=cmd.progress)
+    if cmd.policy is not None:
+        result.summary["policy"] = cmd.policy
+    result.summary["data_source"] = str(cmd.data or f"minari:{cmd.minari}")
+    write_evaluation(result, cmd.out, cmd.plot_coordinate)
+    s = result.summary
+    print(
+        f"wrote {cmd.out}: {s['states']['count']} states, {s['data']['transitions_used']} "
+        f"transitions; estimator {s['estimator']['name']}; critical learning rate "
+        f"{s['critical_learning_rate']:.4g}, learning rate {s['learning_rate']:.4g}, "
+        f"{s['timings_s']['total']:.2f} s"
+    )
+    if not s["estimator"]["converges"]:
+        print(
+            f"warning: the {s['estimator']['name']} dynamics diverge on this data "
+            f"(growth {s['estimator']['growth']:.3g}); values at t = inf are NaN",
+            file=sys.stderr,
+        )
+    if s["ensemble"] and s["ensemble"]["diverged_members"]:
+        print(
+            f"warning: {s['ensemble']['diverged_members']} of {s['ensemble']['members']} finite "
+            "networks diverged (NaN/inf); lower --learning-rate",
+            file=sys.stderr,
+        )
+    return result
 
 
-def _integral(column: np.ndarray) -> np.ndarray:
-    """(m,) as int64 when every value is a whole number (state indices read as 3, not 3.0)."""
-    whole = np.all(column == np.round(column)) and np.all(np.abs(column) < 2**53)
-    return column.astype(np.int64) if whole else column
-
-
-def _preview(names: list[str]) -> str:
-    return ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:3])}, ..., {names[-1]}"
-
-
-def _plot(result: ValueEstimate, x: np.ndarray, label: str) -> bytes:
-    """Predicted values +- 2 std against x (m,) (the state column `label`), as PNG bytes."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    t = result.summary["settings"]["t"]
-    ax.errorbar(
-        x, result.value_mean, yerr=2 * result.value_std, fmt="o", ms=3, alpha=0.6,
-        elinewidth=0.8, label=f"TD-NTK ensemble mean $\\pm$ 2 std (t = {t:g})",
-    )  # fmt: skip
-    if result.ensemble_mean is not None:
-        members = result.summary["ensemble"]["members"]
-        ax.errorbar(
-            x, result.ensemble_mean, yerr=2 * result.ensemble_std, fmt="s", ms=3, alpha=0.6,
-            elinewidth=0.8, label=f"{members} finite networks: mean $\\pm$ 2 std",
-        )  # fmt: skip
-    ax.set_xlabel(label)
-    ax.set_ylabel("V(s)")
-    ax.set_title(f"Policy: {result.summary['policy']}", fontsize=9)
-    ax.legend(fontsize=8)
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    return buf.getvalue()
+COMMAND = Command(
+    config=EvaluateCommand,
+    run=run,
+    help=(
+        "Value estimates with uncertainty for a policy from offline data (TD-NTK): the TD "
+        "estimator at t = inf by default, per-state means and stds in values.csv, a plot and "
+        "summary.json in --out. Bad input (a missing array, NaN rewards, an unknown policy, "
+        "kernels too large for memory) gives a one-line error and leaves no partial output."
+    ),
+)

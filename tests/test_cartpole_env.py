@@ -6,13 +6,13 @@ import gymnasium
 import numpy as np
 import pytest
 
-from tdntk.policies import LinearPolicy, train_cartpole_policy
-from tdntk.rollouts import (
+from tdntk.envs.cartpole import (
     CartPolePhysics,
     episode_returns,
     initial_states,
     monte_carlo_returns,
 )
+from tdntk.experiments.cartpole_policy import LinearPolicy, train_cartpole_policy
 
 S0 = np.array([0.01, -0.02, 0.03, 0.015])
 

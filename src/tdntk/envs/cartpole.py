@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..datasets.policies import sample_actions
+
 __all__ = [
     "CartPolePhysics",
     "MonteCarloReturns",
@@ -33,7 +35,7 @@ __all__ = [
     "monte_carlo_returns",
     "initial_states",
     "episode_returns",
-    "policy_actions",
+    "batch_actions",
 ]
 
 # Gymnasium's CartPole reset draws each state component from U(-0.05, 0.05).
@@ -115,20 +117,17 @@ def initial_states(m: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-RESET_BOUND, RESET_BOUND, size=(m, 4))
 
 
-def policy_actions(policy, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def batch_actions(policy, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Actions (N,) of `policy` at float32 observations (N, 4).
 
     A policy with ``action_probs(obs (N, 4)) -> (N, A)`` is sampled with `rng`
-    (reproducible); any other callable is called on the batch and, if it does
-    not return (N,) actions, once per row.
+    (`tdntk.datasets.policies.sample_actions`, reproducible); any other callable
+    is called on the batch and, if it does not return (N,) actions, once per row.
     """
     n = obs.shape[0]
     probs_fn = getattr(policy, "action_probs", None)
     if probs_fn is not None:
-        probs = np.asarray(probs_fn(obs), np.float64).reshape(n, -1)
-        cdf = np.cumsum(probs, axis=1)
-        u = rng.random(n)[:, None] * cdf[:, -1:]
-        return np.minimum((u >= cdf).sum(axis=1), probs.shape[1] - 1)
+        return sample_actions(np.asarray(probs_fn(obs), np.float64).reshape(n, -1), rng)
     try:
         out = np.asarray(policy(obs))
     except Exception:  # noqa: BLE001 - a per-observation policy may reject a batch
@@ -278,7 +277,7 @@ def monte_carlo_returns(
         sl = slice(start, start + chunk)
         r, length, term = simulate_cartpole(
             all_states[sl],
-            lambda obs, _index: policy_actions(policy, obs, rng),
+            lambda obs, _index: batch_actions(policy, obs, rng),
             None if all_actions is None else all_actions[sl],
             gamma=gamma,
             horizon=horizon,
@@ -315,7 +314,7 @@ def episode_returns(
     states = rng.uniform(-RESET_BOUND, RESET_BOUND, size=(episodes, 4))
     returns, _, _ = simulate_cartpole(
         states,
-        lambda obs, _index: policy_actions(policy, obs, rng),
+        lambda obs, _index: batch_actions(policy, obs, rng),
         horizon=time_limit,
         physics=physics,
     )
