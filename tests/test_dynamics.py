@@ -23,6 +23,7 @@ import scipy.linalg
 from conftest import make_problem
 
 import tdntk
+from tdntk.solvers import dense
 from tdntk import Schedule, SoftTarget
 
 LR = 0.05
@@ -284,7 +285,7 @@ def test_row_blocks_of_test_inputs_change_nothing(net, problem, target, monkeypa
     data, x_test = problem
     model = tdntk.TDNTK(net, data, Schedule(LR, target))
     whole = model.predict(x_test, [3.0, np.inf])
-    monkeypatch.setattr(tdntk.predict, "_TEST_BLOCK_ROWS", 2)  # 5 test inputs -> 3 blocks
+    monkeypatch.setattr(dense, "TEST_BLOCK_ROWS", 2)  # 5 test inputs -> 3 blocks
     blocked = model.predict(x_test, [3.0, np.inf])
     np.testing.assert_allclose(blocked.mean, whole.mean, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(blocked.cov, whole.cov, rtol=1e-12, atol=1e-14)

@@ -4,12 +4,16 @@ Every case has the solution (theory page, "One structure for every case")
 
     Q_t(X*) = Q_0(X*) + Z_t (r - Q_0(X) + G P Q_0(X''))                   (*)
 
-and this module computes Z_t from kernel blocks alone; it knows nothing of
-networks, so the same code serves analytic (infinite-width) and empirical
-(finite-width) kernels.  Z_t is returned factored as ``Z_t = coef_t @ basis.T``
-with an orthonormal (n, r) basis of the range of the driving kernel, so that
-one eigendecomposition serves every t and repeated inputs (a singular kernel)
-cost nothing.
+and this module computes Z_t from the driving kernel alone, in the reduced
+coordinates of `tdntk.reduced` (p groups of transitions; p = n without repeats);
+it knows nothing of networks, so the same code serves analytic
+(infinite-width) and empirical (finite-width) kernels.  Z_t is returned
+factored as ``Z_t = coef_t @ basis.T`` with an orthonormal (p, r) basis of
+the range of the driving kernel, so that one eigendecomposition serves every
+t and a singular kernel costs nothing.  Arrays are JAX float64 arrays on the
+default device (taken in a local ``jax.enable_x64`` scope); only the
+eigenvalues of the non-symmetric matrices of the stability check are computed
+on the host (JAX's ``eig`` runs on CPUs only).
 
 Cases (t counts gradient steps at learning rate eta):
 
@@ -45,19 +49,19 @@ has negative real part (discrete time: the step map's spectral radius < 1).
 A diverging case warns with `DivergenceWarning` at construction and gives NaN
 at t = inf; finite t are still computed exactly.
 
-Shapes: n transitions, k next inputs per transition (X'' has n k rows),
-r <= n range dimension, m test inputs, T times.
+Shapes: n transitions, p reduced coordinates, r <= p range dimension,
+m test inputs, T times.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
-
-from .data import Transitions
 
 __all__ = [
     "SoftTarget",
@@ -70,6 +74,7 @@ __all__ = [
     "driving_spectrum",
     "stability",
     "check_times",
+    "x64",
 ]
 
 TIMES = ("continuous", "discrete")
@@ -78,6 +83,17 @@ _EPS = np.finfo(np.float64).eps
 # An eigenvalue of M with real part above this fraction of max |lambda| counts as
 # divergence (slower growth is below what double precision resolves in the spectrum).
 DIVERGENCE_RTOL = float(np.sqrt(_EPS))
+
+
+def x64(fn):
+    """Run `fn` in a local ``jax.enable_x64`` scope (float64 JAX arrays inside)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with jax.enable_x64(True):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 class LearningRateWarning(UserWarning):
@@ -171,27 +187,7 @@ def check_times(t, time: str = "continuous") -> np.ndarray:
     return arr
 
 
-def _check_square(name, a, n):
-    a = np.asarray(a, dtype=np.float64)
-    if a.shape != (n, n):
-        raise ValueError(f"TDDynamics: {name} must have shape ({n}, {n}), got {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"TDDynamics: {name} contains NaN or infinite values")
-    return a
-
-
-def range_basis(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Eigenvalues (n,) clipped at 0, and the range: eigenvalues (r,) and basis (n, r).
-
-    The numerical null space is ``l <= n eps l_max`` (the rank tolerance of
-    `numpy.linalg.matrix_rank`); repeated inputs put their differences there.
-    """
-    evals, vecs = np.linalg.eigh(0.5 * (kernel + kernel.T))
-    evals = np.maximum(evals, 0.0)
-    keep = evals > evals.size * _EPS * max(evals[-1], 0.0)
-    return evals, evals[keep], vecs[:, keep]
-
-
+# ---------------------------------------------------------------------- the driving kernel
 @dataclass(frozen=True, eq=False)
 class Spectrum:
     """The driving kernel of one estimator, factorised on its numerical range.
@@ -199,58 +195,69 @@ class Spectrum:
     No learning rate enters: one `Spectrum` serves every `Schedule` of its estimator.
 
     Attributes:
-        eigenvalues: (n,) all eigenvalues, ascending, clipped at 0 (eq. 11 reads them).
-        values: (r,) the range's eigenvalues l.
-        basis: (n, r) orthonormal basis Q of the range.
-        bootstrap: TD only: S = Q^T G P Theta_X''X Q (r, r); None for the residual gradient.
+        eigenvalues: (p,) all eigenvalues, ascending, clipped at 0 (eq. 11 reads them).
+        values: (r,) the range's eigenvalues l (``l > p eps l_max``).
+        basis: (p, r) orthonormal basis Q of the range.
+        bootstrap: TD only: S = Q^T N Theta L^T Q (r, r); None for the residual gradient.
+        n: the number of transitions (the "mean" loss divides by it).
     """
 
-    eigenvalues: np.ndarray
-    values: np.ndarray
-    basis: np.ndarray
-    bootstrap: np.ndarray | None
+    eigenvalues: jax.Array
+    values: jax.Array
+    basis: jax.Array
+    bootstrap: jax.Array | None
+    n: int
 
     @property
     def rank(self) -> int:
-        return self.basis.shape[1]
+        return int(self.basis.shape[1])
 
     def critical_learning_rate(self, loss: str = "sum") -> float:
         """eq. 11: ``2 / (l_max + l_min)``, in the convention of `loss` (x n for "mean")."""
-        l = self.eigenvalues
-        return float(2.0 / (l[-1] + l[0]) * (l.size if loss == "mean" else 1))
+        l = np.asarray(self.eigenvalues)
+        return float(2.0 / (l[-1] + l[0]) * (self.n if loss == "mean" else 1))
 
     def max_stable_learning_rate(self, loss: str = "sum") -> float:
         """``2 / l_max``: above it discrete gradient descent on the driving kernel diverges."""
-        return float(2.0 / self.eigenvalues[-1] * (self.eigenvalues.size if loss == "mean" else 1))
+        return float(2.0 / float(self.eigenvalues[-1]) * (self.n if loss == "mean" else 1))
 
 
-def driving_spectrum(ntk_xx, ntk_xn, ntk_nn, data: Transitions, td: bool) -> Spectrum:
-    """The `Spectrum` of Theta_bar (residual gradient, eq. 9/30) or Theta_XX (TD).
+@x64
+def driving_spectrum(kernel, bootstrap=None, n: int | None = None) -> Spectrum:
+    """The `Spectrum` of a driving kernel in reduced coordinates.
 
     Args:
-        ntk_xx: (n, n) Theta(X, X).
-        ntk_xn: (n, n k) Theta(X, X'') with X'' = ``data.x_next_flat``.
-        ntk_nn: (n k, n k) Theta(X'', X'') (unused for TD).
-        data: the transitions (only the discounts and next weights are used).
-        td: True for TD with a target network, False for the residual gradient.
+        kernel: (p, p) ``L Theta L^T``: ``U^T Theta_bar U`` (residual gradient,
+            eq. 9/30) or ``U^T Theta_XX U`` (TD) (`tdntk.reduced`).
+        bootstrap: TD only: (p, p) ``N Theta L^T = U^T G P Theta_X''X U``.
+        n: the number of transitions (default p).
     """
-    if not isinstance(data, Transitions):
-        raise TypeError(f"data must be a Transitions, got {type(data).__name__}")
-    n, nk = data.n, data.n * data.k
-    xx = _check_square("ntk_xx", ntk_xx, n)
-    xn = np.asarray(ntk_xn, dtype=np.float64)
-    if xn.shape != (n, nk):
-        raise ValueError(f"driving_spectrum: ntk_xn must have shape ({n}, {nk}), got {xn.shape}")
-    gp_ntk_nx = data.bellman(xn.T)  # G P Theta(X'', X): (n, n), the bootstrapped block of eq. 17
-    if td:
-        evals, values, basis = range_basis(xx)
-        return Spectrum(evals, values, basis, basis.T @ gp_ntk_nx @ basis)
-    nn = _check_square("ntk_nn", ntk_nn, nk)
-    # eq. 9/30: Theta_bar = Theta_XX - Theta_XX'' (GP)^T - GP Theta_X''X + GP Theta'' (GP)^T
-    theta_bar = xx - gp_ntk_nx - gp_ntk_nx.T + data.bellman(data.bellman(nn).T)
-    return Spectrum(*range_basis(theta_bar), None)
+    kernel = jnp.asarray(kernel, jnp.float64)
+    p = kernel.shape[0]
+    if kernel.shape != (p, p) or not bool(jnp.all(jnp.isfinite(kernel))):
+        raise ValueError(
+            f"driving_spectrum: kernel must be a finite (p, p) matrix, got shape {kernel.shape}"
+        )
+    evals, vecs = _eigh(kernel)
+    keep = np.asarray(evals > p * _EPS * max(float(evals[-1]), 0.0))
+    values, basis = evals[keep], vecs[:, keep]
+    boot = None
+    if bootstrap is not None:
+        bootstrap = jnp.asarray(bootstrap, jnp.float64)
+        if bootstrap.shape != (p, p):
+            raise ValueError(f"driving_spectrum: bootstrap must have shape ({p}, {p})")
+        boot = basis.T @ bootstrap @ basis
+    return Spectrum(evals, values, basis, boot, p if n is None else int(n))
 
 
+@jax.jit
+def _eigh(kernel):
+    """Eigenvalues (ascending, clipped at 0) and eigenvectors of the symmetrised kernel."""
+    evals, vecs = jnp.linalg.eigh(0.5 * (kernel + kernel.T))
+    return jnp.maximum(evals, 0.0), vecs
+
+
+# ---------------------------------------------------------------------- stability
 @dataclass(frozen=True)
 class Stability:
     """What a `Schedule` does on a `Spectrum` (`stability`).
@@ -273,11 +280,16 @@ class Stability:
     cause: str
 
 
+def _host_eigvals(m) -> np.ndarray:
+    """Eigenvalues of a non-symmetric matrix, on the host (JAX's eig runs on CPUs only)."""
+    return np.linalg.eigvals(np.asarray(m, np.float64))
+
+
+@x64
 def stability(spectrum: Spectrum, schedule: Schedule) -> Stability:
     """Critical rates (eq. 11) and convergence of `schedule` on `spectrum` (module docstring)."""
-    n = spectrum.eigenvalues.size
-    eta = schedule.eta(n)
-    l = spectrum.values
+    eta = schedule.eta(spectrum.n)
+    l = np.asarray(spectrum.values)
     crit = spectrum.critical_learning_rate(schedule.loss)
     top = spectrum.max_stable_learning_rate(schedule.loss)
     eta_lmax = eta * (l[-1] if l.size else 0.0)
@@ -290,7 +302,7 @@ def stability(spectrum: Spectrum, schedule: Schedule) -> Stability:
             f"diverges (learning_rate above 2 / l_max = {top:.4g})"
         ))  # fmt: skip
     if schedule.time == "continuous":
-        lam = np.linalg.eigvals(_generator(spectrum, eta, tau)) if l.size else np.zeros(1)
+        lam = _host_eigvals(_generator(spectrum, eta, tau)) if l.size else np.zeros(1)
         growth = float(lam.real.max())
         converges = growth <= DIVERGENCE_RTOL * float(np.abs(lam).max())
         return Stability(crit, top, converges, growth, (
@@ -299,40 +311,48 @@ def stability(spectrum: Spectrum, schedule: Schedule) -> Stability:
             "not prevent it). The residual-gradient estimator (target=None) always converges"
         ))  # fmt: skip
     if tau == 1:  # the target copies the primary: the step map acts like I - eta (L - S)
-        step = np.eye(l.size) - eta * (np.diag(l) - spectrum.bootstrap)
+        step = jnp.eye(l.size) - eta * (jnp.diag(spectrum.values) - spectrum.bootstrap)
     else:
         step = _discrete_step(spectrum, eta, tau)[0]
-    radius = float(np.abs(np.linalg.eigvals(step)).max()) if l.size else 0.0
+    radius = float(np.abs(_host_eigvals(step)).max()) if l.size else 0.0
     return Stability(crit, top, radius <= 1 + DIVERGENCE_RTOL, radius, (
         f"TD with a target network diverges in discrete time on this data: the step map of "
         f"eq. 12 has spectral radius {radius:.6g} > 1 (eta l_max = {eta_lmax:.4g})"
     ))  # fmt: skip
 
 
-def _generator(spectrum: Spectrum, eta: float, tau: float) -> np.ndarray:
+def _generator(spectrum: Spectrum, eta: float, tau: float) -> jax.Array:
     """M (2r, 2r) of the reduced dual dynamics (module docstring)."""
-    eye = np.eye(spectrum.rank)
-    return np.block(
-        [[-eta * np.diag(spectrum.values), eta * spectrum.bootstrap], [tau * eye, -tau * eye]]
-    )
+    return _generator_matrix(spectrum.values, spectrum.bootstrap, eta, tau)
 
 
-def _discrete_step(spectrum: Spectrum, eta: float, tau: float) -> tuple[np.ndarray, np.ndarray]:
+@jax.jit
+def _generator_matrix(l, s, eta, tau):
+    eye = jnp.eye(l.size, dtype=l.dtype)
+    return jnp.block([[-eta * jnp.diag(l), eta * s], [tau * eye, -tau * eye]])
+
+
+def _discrete_step(spectrum: Spectrum, eta: float, tau: float) -> tuple[jax.Array, jax.Array]:
     """One GD step then the soft update (eq. 12): x -> A x + B c on x = [a; b]."""
-    r = spectrum.rank
-    eye = np.eye(r)
-    primary = np.hstack([eye - eta * np.diag(spectrum.values), eta * spectrum.bootstrap])
-    target = (1 - tau) * np.hstack([np.zeros((r, r)), eye]) + tau * primary
-    return np.vstack([primary, target]), np.vstack([eye, tau * eye])
+    return _step_matrices(spectrum.values, spectrum.bootstrap, eta, tau)
 
 
+@jax.jit
+def _step_matrices(l, s, eta, tau):
+    r = l.size
+    eye = jnp.eye(r, dtype=l.dtype)
+    primary = jnp.hstack([eye - eta * jnp.diag(l), eta * s])
+    target = (1 - tau) * jnp.hstack([jnp.zeros((r, r), l.dtype), eye]) + tau * primary
+    return jnp.vstack([primary, target]), jnp.vstack([eye, tau * eye])
+
+
+# ---------------------------------------------------------------------- the dynamics
 class TDDynamics:
     """Closed-form linearised TD dynamics of one `Schedule` on one `Spectrum`.
 
     Args:
         spectrum: the driving kernel's `Spectrum` (`driving_spectrum`), of the
             schedule's estimator.
-        data: the transitions (discounts and next weights).
         schedule: learning rate, target, time and loss.
 
     Warns:
@@ -340,11 +360,12 @@ class TDDynamics:
         `DivergenceWarning` when the dynamics diverge (t = inf is then NaN).
 
     Attributes:
-        basis: (n, r) orthonormal basis of the driving kernel's numerical range.
+        basis: (p, r) orthonormal basis of the driving kernel's numerical range.
         stability: the `Stability` (critical rates, convergence).
     """
 
-    def __init__(self, spectrum: Spectrum, data: Transitions, schedule: Schedule):
+    @x64
+    def __init__(self, spectrum: Spectrum, schedule: Schedule):
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
         if (spectrum.bootstrap is not None) != (schedule.target is not None):
@@ -353,19 +374,18 @@ class TDDynamics:
                 f"TDDynamics: the spectrum is of the {kind} estimator but the schedule's "
                 f"is {schedule.estimator}"
             )
-        self.data = data
         self.schedule = schedule
         self.target = schedule.target
         self.time = schedule.time
-        self.eta = schedule.eta(data.n)
+        self.eta = schedule.eta(spectrum.n)
         self.spectrum = spectrum
         self.basis = spectrum.basis
         self._l = spectrum.values
         if self.target is not None:
-            self._cache: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+            self._cache: dict[float, tuple[jax.Array, jax.Array]] = {}
             discrete = self.time == "discrete"
             self._step = _discrete_step(spectrum, self.eta, self.target.tau) if discrete else None
-            self._fixed: np.ndarray | None = None
+            self._fixed: jax.Array | None = None
         self.stability = stability(spectrum, schedule)
         self._warn_learning_rate()
         if not self.stability.converges:
@@ -373,13 +393,13 @@ class TDDynamics:
                 f"{self.stability.cause}; the prediction at t = inf is NaN (finite t are "
                 "computed exactly)",
                 DivergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     @property
     def rank(self) -> int:
         """r: the dimension of the driving kernel's numerical range."""
-        return self.basis.shape[1]
+        return int(self.basis.shape[1])
 
     @property
     def converges(self) -> bool:
@@ -393,7 +413,7 @@ class TDDynamics:
                 "discrete (linearised) gradient descent diverges at this rate, and continuous "
                 "time does not describe it",
                 LearningRateWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         elif lr > st.critical_learning_rate:
             warnings.warn(
@@ -401,93 +421,63 @@ class TDDynamics:
                 f"{st.critical_learning_rate:.4g} of eq. 11: gradient descent may not follow "
                 "the continuous-time dynamics",
                 LearningRateWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
 
     # ------------------------------------------------------------------ Z_t
-    def test_kernel(self, ntk_tx, ntk_tn) -> np.ndarray:
-        """The test-train NTK that Z_t multiplies, in the basis: (m, r).
-
-        Single network: ``(Theta_*X - Theta_*X'' P^T G) Q``; target: ``Theta_*X Q``.
-
-        Args:
-            ntk_tx: (m, n) Theta(X*, X).
-            ntk_tn: (m, n k) Theta(X*, X'').
-        """
-        n, nk = self.data.n, self.data.n * self.data.k
-        ntk_tx = np.asarray(ntk_tx, dtype=np.float64)
-        ntk_tn = np.asarray(ntk_tn, dtype=np.float64)
-        if ntk_tx.ndim != 2 or ntk_tx.shape[1] != n:
-            raise ValueError(f"ntk_tx must have shape (m, {n}), got {ntk_tx.shape}")
-        if ntk_tn.shape != (ntk_tx.shape[0], nk):
-            raise ValueError(
-                f"ntk_tn must have shape ({ntk_tx.shape[0]}, {nk}), got {ntk_tn.shape}"
-            )
-        if self.target is not None:
-            return ntk_tx @ self.basis
-        return (ntk_tx - self.data.bellman(ntk_tn.T).T) @ self.basis
-
-    @property
-    def z_basis(self) -> np.ndarray:
-        """The orthonormal basis Q (n, r) with ``Z_t = coef_t @ Q.T``."""
-        return self.basis
-
-    def z_coefficients(self, test_kernel: np.ndarray, t: float) -> np.ndarray:
-        """``coef_t`` (m, r) with ``Z_t = coef_t @ z_basis.T`` at one time t (np.inf allowed).
+    @x64
+    def z_coefficients(self, test_kernel, t: float) -> jax.Array:
+        """``coef_t`` (m, r) with ``Z_t = coef_t @ basis.T`` at one time t (np.inf allowed).
 
         Args:
-            test_kernel: (m, r) from `test_kernel`.
+            test_kernel: (m, r) the test-train NTK in the basis: ``Theta_*Y L^T Q``.
         """
         if self.target is None:
             return test_kernel * self.spectral_filter(t)
         return test_kernel @ self.transfer(t)
 
-    def dual(self, t: float, rhat: np.ndarray) -> np.ndarray:
-        """Dual variables at time t for the TD error at init ``rhat = Q0 - r - G P Q0''`` (n,).
+    @x64
+    def dual(self, t: float, rhat_c) -> jax.Array:
+        """Dual coordinates a_t (p,) for the reduced TD error at init ``U^T rhat`` (p,).
 
-        Returns alpha_t (n,): the parameter displacement is ``omega_t = D^T alpha_t``
-        with ``D = U - G P V`` for a single network (eq. 8) and ``D = U`` with a
-        target network (eq. 15); alpha_t lies in the range of the driving kernel.
+        ``alpha_t = U a_t`` (`tdntk.reduced.Reduced.lift`); the parameter
+        displacement is ``omega_t = D^T alpha_t`` with ``D = U - G P V`` for a
+        single network (eq. 8) and ``D = U`` with a target network (eq. 15).
         """
-        coords = self.basis.T @ np.asarray(rhat, dtype=np.float64)
+        coords = self.basis.T @ jnp.asarray(rhat_c, jnp.float64)
         if self.target is None:
             return -self.basis @ (self.spectral_filter(t) * coords)
         return -self.basis @ (self.transfer(t) @ coords)
 
     # ------------------------------------------------------------------ single network
-    def spectral_filter(self, t: float) -> np.ndarray:
-        """f_t(l) (r,) on the range eigenvalues of Theta_bar: ``F_t = Q diag(f_t) Q^T``.
+    @x64
+    def spectral_filter(self, t: float) -> jax.Array:
+        """f_t(l) (r,) on the range eigenvalues of the driving kernel: ``F_t = Q diag(f_t) Q^T``.
 
         Continuous: ``-expm1(-eta l t) / l``; discrete: ``(1 - (1 - eta l)^t) / l``;
         t = inf: ``1 / l`` (NaN everywhere when discrete GD diverges). The null
-        space of Theta_bar (``l <= n eps l_max``) is left out at every t: Z_t never
-        sees it, and large t agree with t = inf.
+        space (``l <= p eps l_max``) is left out at every t: Z_t never sees it,
+        and large t agree with t = inf.
         """
         l, eta = self._l, self.eta
         if np.isinf(t):
-            return 1.0 / l if self.stability.converges else np.full_like(l, np.nan)
+            return 1.0 / l if self.stability.converges else jnp.full_like(l, jnp.nan)
         if self.time == "continuous":
-            return -np.expm1(-eta * l * t) / l
-        step = 1.0 - eta * l
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            decay = np.where(
-                (step > 0) & (step < 1),
-                -np.expm1(t * np.log1p(-eta * np.clip(l, 0, 1 / eta))),
-                1.0 - np.power(step, t),
-            )
-        return decay / l
+            return _continuous_filter(l, eta, t)
+        return _discrete_filter(l, eta, t)
 
     # ------------------------------------------------------------------ target network
-    def transfer(self, t: float) -> np.ndarray:
+    @x64
+    def transfer(self, t: float) -> jax.Array:
         """``T_t = eta W_t[:r]`` (r, r): ``a_t = -T_t Q^T rhat``, ``Z_t = Theta_*X Q T_t Q^T``."""
         if t == 0:
-            return np.zeros((self.rank, self.rank))
+            return jnp.zeros((self.rank, self.rank))
         if np.isinf(t):
             return self._fixed_point()
         _, w = self._semigroup(float(t))
         return self.eta * w[: self.rank]
 
-    def _fixed_point(self) -> np.ndarray:
+    def _fixed_point(self) -> jax.Array:
         """t = inf: ``(L - S)^{-1}`` (tau > 0) or ``L^{-1}`` (tau = 0, the target stays at
         initialisation and the primary regresses onto ``r + G P Q0''``); NaN when the
         dynamics diverge or the system is singular (no unique fixed point)."""
@@ -495,26 +485,26 @@ class TDDynamics:
             return self._fixed
         r = self.rank
         if not self.stability.converges:
-            self._fixed = np.full((r, r), np.nan)
+            self._fixed = jnp.full((r, r), jnp.nan)
         elif self.target.tau == 0:
-            self._fixed = np.diag(1.0 / self._l)
+            self._fixed = jnp.diag(1.0 / self._l)
         else:
-            a = np.diag(self._l) - self.spectrum.bootstrap
-            cond = np.linalg.cond(a) if r else 1.0
+            a = jnp.diag(self._l) - self.spectrum.bootstrap
+            cond = float(jnp.linalg.cond(a)) if r else 1.0
             if not cond < 1.0 / (max(r, 1) * _EPS):
                 warnings.warn(
                     f"the TD fixed-point system Q^T A Q = L - S is singular (condition number "
                     f"{cond:.3g}): no unique value exists (e.g. gamma = 1 with no terminal "
                     "transitions); the prediction at t = inf is NaN",
                     DivergenceWarning,
-                    stacklevel=5,
+                    stacklevel=6,
                 )
-                self._fixed = np.full((r, r), np.nan)
+                self._fixed = jnp.full((r, r), jnp.nan)
             else:
-                self._fixed = np.linalg.solve(a, np.eye(r))
+                self._fixed = jnp.linalg.solve(a, jnp.eye(r))
         return self._fixed
 
-    def _exact(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+    def _exact(self, t: float) -> tuple[jax.Array, jax.Array]:
         """(E_t (2r, 2r) homogeneous part, W_t (2r, r) forced part) from scratch.
 
         Continuous: the augmented exponential at ``h = t / 2^j`` with
@@ -525,14 +515,9 @@ class TDDynamics:
         r = self.rank
         if self.time == "continuous":
             m = _generator(self.spectrum, self.eta, self.target.tau)
-            norm = float(np.abs(m).sum(axis=0).max()) if r else 0.0
+            norm = float(jnp.abs(m).sum(axis=0).max()) if r else 0.0
             j = max(0, int(np.ceil(np.log2(t * norm)))) if norm * t > 1 else 0
-            h = t / 2.0**j
-            aug = np.zeros((3 * r, 3 * r))
-            aug[: 2 * r, : 2 * r] = m * h
-            aug[:r, 2 * r :] = np.eye(r) * h
-            full = scipy.linalg.expm(aug)
-            value = full[: 2 * r, : 2 * r], full[: 2 * r, 2 * r :]
+            value = _van_loan(m, t / 2.0**j)
             for _ in range(j):
                 value = _compose(value, value)
             return value
@@ -547,7 +532,7 @@ class TDDynamics:
                 power = _compose(power, power)
         return result
 
-    def _semigroup(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+    def _semigroup(self, t: float) -> tuple[jax.Array, jax.Array]:
         """(E_t, W_t), reusing cached times: E_2t = E_t^2 and W_2t = W_t + E_t W_t, and
         likewise t = a + b from cached a and b (the doubling grid costs one exponential)."""
         cache = self._cache
@@ -565,8 +550,38 @@ class TDDynamics:
         return value
 
 
+@jax.jit
 def _compose(first, second):
     """Run `first` then `second` from zero: (E_a, W_a), (E_b, W_b) -> (E_a E_b, W_b + E_b W_a)."""
     e_a, w_a = first
     e_b, w_b = second
     return e_b @ e_a, w_b + e_b @ w_a
+
+
+@jax.jit
+def _van_loan(m, h):
+    """(E_h (2r, 2r), W_h (2r, r)) from one exponential of ``[[M h, [I h; 0]], [0, 0]]``."""
+    r = m.shape[0] // 2
+    aug = jnp.zeros((3 * r, 3 * r), m.dtype)
+    aug = aug.at[: 2 * r, : 2 * r].set(m * h).at[:r, 2 * r :].set(jnp.eye(r, dtype=m.dtype) * h)
+    full = jax.scipy.linalg.expm(aug)
+    return full[: 2 * r, : 2 * r], full[: 2 * r, 2 * r :]
+
+
+@jax.jit
+def _continuous_filter(l, eta, t):
+    """``-expm1(-eta l t) / l`` (r,)."""
+    return -jnp.expm1(-eta * l * t) / l
+
+
+@jax.jit
+def _discrete_filter(l, eta, t):
+    """``(1 - (1 - eta l)^t) / l`` (r,), through log1p where 0 < 1 - eta l < 1."""
+    step = 1.0 - eta * l
+    contracting = (step > 0) & (step < 1)
+    decay = jnp.where(
+        contracting,
+        -jnp.expm1(t * jnp.log1p(-eta * jnp.where(contracting, l, 0.0))),
+        1.0 - jnp.power(step, t),
+    )
+    return decay / l

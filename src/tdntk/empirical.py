@@ -346,7 +346,8 @@ def parameter_trajectory(
     x_all = _train_inputs(data)
     q_train = kern.q0(x_all)
     rhat = q_train[:n] - data.reward - data.bellman(q_train[n:])
-    alphas = np.stack([model.dynamics.dual(ti, rhat) for ti in times])
+    rhat_c = model.reduced.coords(rhat)
+    alphas = np.stack([model.reduced.lift(model.dynamics.dual(ti, rhat_c)) for ti in times])
     gw = data.discount[:, None] * data.next_weights
     with jax.enable_x64(True):
         p64 = jax.tree.map(jnp.asarray, kern.params)

@@ -191,6 +191,27 @@ class MLP:
                 nngp[rows], ntk[rows] = np.asarray(k), np.asarray(theta)
         return nngp, ntk
 
+    def device_kernels(self, x1, x2=None) -> tuple[jax.Array, jax.Array]:
+        """`kernels` as float64 JAX arrays on the default device (no copy to the host).
+
+        Call it inside a ``jax.enable_x64`` scope to keep working with the results.
+        """
+        x1 = self._check_inputs(x1, "x1")
+        x2 = x1 if x2 is None else self._check_inputs(x2, "x2")
+        if x1.shape[1] != x2.shape[1]:
+            raise ValueError(
+                f"kernels: x1 has {x1.shape[1]} features per input but x2 has {x2.shape[1]}"
+            )
+        with jax.enable_x64(True):
+            x2j, static = jnp.asarray(x2), self._static()
+            blocks = [
+                _kernel_recursion(jnp.asarray(x1[s : s + _KERNEL_BLOCK_ROWS]), x2j, **static)
+                for s in range(0, x1.shape[0], _KERNEL_BLOCK_ROWS)
+            ]
+            if len(blocks) == 1:
+                return blocks[0]
+            return jnp.concatenate([b[0] for b in blocks]), jnp.concatenate([b[1] for b in blocks])
+
     def kernel_diagonals(self, x) -> tuple[np.ndarray, np.ndarray]:
         """Diagonals of `kernels(x, x)` without forming the (n, n) matrices: (n,), (n,)."""
         x = self._check_inputs(x, "x")

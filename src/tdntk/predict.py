@@ -25,15 +25,15 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import jax.numpy as jnp
 import numpy as np
 
 from .data import Transitions
-from .dynamics import Schedule, SoftTarget, TDDynamics, check_times, driving_spectrum
+from .dynamics import Schedule, SoftTarget, TDDynamics, check_times
+from .reduced import reduce_transitions
+from .solvers.dense import DenseSolver
 
 __all__ = ["TDNTK", "Prediction", "KernelFn", "critical_learning_rate"]
-
-# Rows of x_test per kernel call: bounds the raw (rows, n + n k) kernel blocks.
-_TEST_BLOCK_ROWS = 2048
 
 KernelFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -70,6 +70,20 @@ def _kernel_fn(kernels) -> KernelFn:
     return fn
 
 
+def _device_kernel_fn(kernels):
+    """The kernel function returning float64 JAX arrays (an MLP's `device_kernels`)."""
+    device = getattr(kernels, "device_kernels", None)
+    if device is not None:
+        return device
+    fn = _kernel_fn(kernels)
+
+    def wrapped(x1, x2):
+        nngp, ntk = fn(x1, x2)
+        return jnp.asarray(nngp, jnp.float64), jnp.asarray(ntk, jnp.float64)
+
+    return wrapped
+
+
 class TDNTK:
     """Closed-form TD training dynamics of infinitely wide Q-networks.
 
@@ -103,27 +117,16 @@ class TDNTK:
         self.kernel_fn = _kernel_fn(kernels)
         self.data = data
         self.schedule = schedule
-        n = data.n
-        self._train_inputs = np.concatenate([data.x, data.x_next_flat])
-        nngp, ntk = self.kernel_fn(self._train_inputs, self._train_inputs)
-        nngp, ntk = np.asarray(nngp, np.float64), np.asarray(ntk, np.float64)
-        td = schedule.target is not None
-        self.spectrum = driving_spectrum(ntk[:n, :n], ntk[:n, n:], ntk[n:, n:], data, td)
-        del ntk
-        # Kbar = Cov[Q0(X) - G P Q0(X'')] in the basis of Z_t.
-        k_xx, k_xn, k_nn = nngp[:n, :n], nngp[:n, n:], nngp[n:, n:]
-        gp_k_nx = data.bellman(k_xn.T)
-        kbar = k_xx - gp_k_nx - gp_k_nx.T + data.bellman(data.bellman(k_nn).T).T
-        self._basis = self.spectrum.basis
-        self._kbar = self._to_basis(self._to_basis(kbar).T)
-        self._reward = self._to_basis(data.reward)
+        self.reduced = reduce_transitions(data, td=schedule.target is not None)
+        self.solver = DenseSolver(_device_kernel_fn(kernels), self.reduced, data.reward)
+        self.spectrum = self.solver.spectrum
         self._dynamics: TDDynamics | None = None
 
     @property
     def dynamics(self) -> TDDynamics:
         """The `TDDynamics` of the schedule (built, and its warnings raised, on first use)."""
         if self._dynamics is None:
-            self._dynamics = TDDynamics(self.spectrum, self.data, self.schedule)
+            self._dynamics = self.solver.dynamics(self.schedule)
         return self._dynamics
 
     def with_schedule(self, schedule: Schedule) -> TDNTK:
@@ -156,9 +159,6 @@ class TDNTK:
         """``2 / l_max`` of the driving kernel: discrete gradient descent diverges above it."""
         return self.spectrum.max_stable_learning_rate(self.schedule.loss)
 
-    def _to_basis(self, a):
-        return self._basis.T @ a
-
     def _check_test(self, x_test):
         x_test = np.asarray(x_test, dtype=np.float64)
         d = self.data.input_dim
@@ -167,22 +167,6 @@ class TDNTK:
         if not np.all(np.isfinite(x_test)):
             raise ValueError("x_test contains NaN or infinite values")
         return x_test
-
-    def _test_blocks(self, x_test):
-        """Test-train kernels reduced as they are computed, in row blocks of x_test.
-
-        Returns (test_kernel (m, r) for `z_coefficients`, C in the basis (r, m)),
-        so memory stays O(m n) however large the raw (m, n + n k) kernel blocks.
-        """
-        n = self.data.n
-        test_kernel, c = [], []
-        for start in range(0, x_test.shape[0], _TEST_BLOCK_ROWS):
-            nngp, ntk = self.kernel_fn(x_test[start : start + _TEST_BLOCK_ROWS], self._train_inputs)
-            nngp, ntk = np.asarray(nngp, np.float64), np.asarray(ntk, np.float64)
-            test_kernel.append(self.dynamics.test_kernel(ntk[:, :n], ntk[:, n:]))
-            # C^T = K(X*, X) - K(X*, X'') P^T G
-            c.append((nngp[:, :n] - self.data.bellman(nngp[:, n:].T).T).T)
-        return np.concatenate(test_kernel), self._to_basis(np.concatenate(c, axis=1))
 
     def predict(self, x_test, t, full_cov: bool = True) -> Prediction:
         """Ensemble mean and covariance of Q(x_test) after training time(s) t (eq. 10/52).
@@ -196,31 +180,14 @@ class TDNTK:
             `Prediction` with mean (T, m), var (T, m) and cov (T, m, m) or None.
         """
         x_test = self._check_test(x_test)
-        times = check_times(t, self.dynamics.time)
-        test_kernel, c = self._test_blocks(x_test)
+        times = check_times(t, self.schedule.time)
         if full_cov:
-            prior, _ = self.kernel_fn(x_test, x_test)
-            prior = np.asarray(prior, np.float64)
-            prior_var = np.diag(prior)
+            prior = np.asarray(self.kernel_fn(x_test, x_test)[0], np.float64)
         else:
-            prior_var = self._prior_variances(x_test)
-        m, n_t = x_test.shape[0], times.size
-        mean = np.empty((n_t, m))
-        var = np.empty((n_t, m))
-        cov = np.empty((n_t, m, m)) if full_cov else None
-        for i in np.argsort(times, kind="stable"):
-            coef = self.dynamics.z_coefficients(test_kernel, times[i])
-            mean[i] = coef @ self._reward
-            zkz = coef @ self._kbar
-            if full_cov:
-                zc = coef @ c
-                cov_i = prior - zc - zc.T + zkz @ coef.T
-                cov[i] = 0.5 * (cov_i + cov_i.T)
-                var[i] = np.diag(cov[i])
-            else:  # O(m r) memory: only the diagonals of Z C and Z Kbar Z^T
-                var[i] = prior_var - 2 * np.einsum("mr,rm->m", coef, c) + np.einsum(
-                    "mr,mr->m", zkz, coef
-                )
+            prior = self._prior_variances(x_test)
+        mean, var, cov = self.solver.moments(self.dynamics, x_test, times, prior, full_cov)
+        if cov is not None:
+            cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
         return Prediction(times, mean, var, cov)
 
     def _prior_variances(self, x_test):
@@ -246,17 +213,13 @@ class TDNTK:
             (T, m) Q-values.
         """
         x_test = self._check_test(x_test)
-        times = check_times(t, self.dynamics.time)
+        times = check_times(t, self.schedule.time)
         n = self.data.n
         q0_test = _vector("q0_test", q0_test, x_test.shape[0])
         q0_x = _vector("q0_x", q0_x, n)
         q0_next = _vector("q0_next", q0_next, n * self.data.k)
-        residual = self._to_basis(self.data.reward - q0_x + self.data.bellman(q0_next))
-        test_kernel, _ = self._test_blocks(x_test)
-        out = np.empty((times.size, x_test.shape[0]))
-        for i, ti in enumerate(times):
-            out[i] = q0_test + self.dynamics.z_coefficients(test_kernel, ti) @ residual
-        return out
+        residual = self.reduced.coords(self.data.reward - q0_x + self.data.bellman(q0_next))
+        return q0_test + self.solver.from_init(self.dynamics, x_test, times, residual)
 
 
 def _vector(name, v, size):

@@ -52,11 +52,12 @@ from .dynamics import (
     DivergenceWarning,
     LearningRateWarning,
     Schedule,
-    driving_spectrum,
     stability,
 )
 from .files import save_npz
 from .nets import MLP
+from .reduced import reduce_transitions
+from .solvers.dense import spectrum_from_ntk
 
 __all__ = [
     "EnsembleResult",
@@ -449,9 +450,8 @@ def _warn_learning_rate(net: MLP, data: Transitions, schedule: Schedule) -> None
     partial_target = target is not None and 0 < target.tau < 1  # a (2n, 2n) eigenproblem
     if n * (1 + data.k) > _RATE_CHECK_MAX_INPUTS or (partial_target and 2 * n > 2048):
         return
-    x = np.concatenate([data.x, data.x_next_flat])
-    ntk = np.asarray(net.kernels(x, x)[1], np.float64)
-    spectrum = driving_spectrum(ntk[:n, :n], ntk[:n, n:], ntk[n:, n:], data, target is not None)
+    reduced = reduce_transitions(data, td=target is not None)
+    spectrum = spectrum_from_ntk(net.device_kernels(reduced.inputs)[1], reduced)
     st = stability(spectrum, dataclasses.replace(schedule, time="discrete"))
     lr, where = schedule.learning_rate, "(analytic NTK of `net` on `data`)"
     if lr > st.critical_learning_rate:
