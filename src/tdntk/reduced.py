@@ -141,8 +141,18 @@ class Reduced:
 
 
 def _distinct_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(first index of each distinct row, inverse (rows,)), rows in order of first appearance."""
-    _, first, inverse = np.unique(a, axis=0, return_index=True, return_inverse=True)
+    """(first index of each distinct row, inverse (rows,)), rows in order of first appearance.
+
+    Rows are hashed to 64 bits (a random linear map of their bit patterns, fixed
+    seed) and sorted as integers; equal hashes are then checked to be equal rows
+    (a collision, never seen, falls back to `numpy.unique` on the rows).
+    """
+    a = np.ascontiguousarray(a, dtype=np.float64).reshape(a.shape[0], -1)
+    weights = np.random.default_rng(20261128).integers(1, 2**63, a.shape[1], dtype=np.uint64)
+    keys = (a.view(np.uint64) * (weights | np.uint64(1))).sum(axis=1, dtype=np.uint64)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    if not np.array_equal(a[first][inverse], a):
+        _, first, inverse = np.unique(a, axis=0, return_index=True, return_inverse=True)
     order = np.argsort(first)
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
