@@ -30,8 +30,12 @@ import numpy as np
 
 from .data import Transitions
 from .dynamics import Schedule, SoftTarget, TDDynamics, check_times
+from .nets import MLP
 from .reduced import reduce_transitions
+from .solvers.choice import choose_solver
 from .solvers.dense import DenseSolver
+from .solvers.kernel_products import default_cache_bytes
+from .solvers.krylov import KrylovSolver
 
 __all__ = ["TDNTK", "Prediction", "KernelFn", "critical_learning_rate"]
 
@@ -95,8 +99,13 @@ class TDNTK:
         schedule: the `Schedule` (learning rate; target: None for the
             residual-gradient estimator, sec. 4.1, or `SoftTarget(tau)` for TD
             with a target network, sec. 4.2; time; loss).
+        solver: "dense" (kernels as matrices, one eigendecomposition:
+            `tdntk.solvers.dense`), "krylov" or a `Krylov` (kernel-vector
+            products only: `tdntk.solvers.krylov`), or "auto" (dense when it
+            fits in half the device's free memory; `tdntk.solvers.choice`).
 
-    The kernels and the driving kernel's eigendecomposition are computed here;
+    Repeated inputs and transitions are merged exactly first (`tdntk.reduced`).
+    The kernels and the driving kernel's factorisation are computed here;
     the dynamics of the schedule are built when first needed (`predict`,
     `dynamics`), which is when `LearningRateWarning` and `DivergenceWarning`
     are raised. `with_schedule` reuses the factorisation for another learning
@@ -107,7 +116,7 @@ class TDNTK:
         critical_learning_rate: eq. 11 for the data, in the schedule's loss convention.
     """
 
-    def __init__(self, kernels, data: Transitions, schedule: Schedule):
+    def __init__(self, kernels, data: Transitions, schedule: Schedule, solver="auto"):
         if not isinstance(data, Transitions):
             raise TypeError(f"data must be a Transitions, got {type(data).__name__}")
         if not isinstance(schedule, Schedule):
@@ -118,7 +127,17 @@ class TDNTK:
         self.data = data
         self.schedule = schedule
         self.reduced = reduce_transitions(data, td=schedule.target is not None)
-        self.solver = DenseSolver(_device_kernel_fn(kernels), self.reduced, data.reward)
+        choice = choose_solver(
+            solver, self.reduced.inputs.shape[0], self.reduced.p,
+            schedule.target is not None, default_cache_bytes() * 2, isinstance(kernels, MLP),
+        )  # fmt: skip
+        if choice == "dense":
+            self.solver = DenseSolver(_device_kernel_fn(kernels), self.reduced, data.reward)
+        else:
+            self.solver = KrylovSolver(
+                kernels, self.reduced, data.reward, choice.tol, choice.rank, choice.cache_bytes,
+                choice.max_iterations,
+            )  # fmt: skip
         self.spectrum = self.solver.spectrum
         self._dynamics: TDDynamics | None = None
 

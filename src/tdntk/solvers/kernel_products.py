@@ -1,0 +1,168 @@
+"""Products with the kernels on the distinct inputs, in row blocks, on every JAX device.
+
+`KernelProducts` computes ``(Theta_YY V, K_YY V)`` for V (N, s) without storing
+the N x N kernels: the rows of Y are cut into blocks of b rows, each block's
+(b, N) kernel slices are computed by the `MLP`'s recursion and multiplied at
+once (fused by XLA), and the blocks are spread over all devices JAX sees
+(`jax.shard_map` over a 1-D mesh; with ``jax.distributed`` that includes every
+host's devices). When both N x N kernels fit in ``cache_bytes`` they are
+computed once and kept on the device (then a product is two matrix products):
+`cached` says which.
+
+The products are pure functions of an array pytree (`state`) and hashable
+settings (`spec`), so Krylov iterations can run inside one compiled loop with
+the kernels as arguments, never as baked-in constants.
+
+Shapes: N distinct inputs, d features, s right-hand sides, m test inputs, b block rows.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ..dynamics import x64
+from ..nets import MLP, _kernel_recursion
+
+__all__ = ["KernelProducts", "ProductSpec", "kernel_products", "default_cache_bytes"]
+
+# Kernel entries per row block: bounds the (b, N) slices (~10 temporaries of that size).
+BLOCK_ENTRIES = 2**22
+
+
+def default_cache_bytes() -> int:
+    """Half the free memory of the default device (host RAM for a CPU, via psutil), in bytes."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(0.5 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
+    import psutil
+
+    return int(0.5 * psutil.virtual_memory().available)
+
+
+@dataclass(frozen=True)
+class ProductSpec:
+    """Hashable settings of the products: kernel statics, caching, blocks, devices."""
+
+    kernel: tuple
+    cached: bool
+    block_rows: int
+    devices: tuple
+
+
+class KernelProducts:
+    """``(Theta_YY V, K_YY V)`` and test products for one set of distinct inputs Y.
+
+    Args:
+        kernels: the `MLP` whose analytic kernels these are.
+        inputs: (N, d) the distinct inputs Y.
+        cache_bytes: keep both kernels on the device when 2 N^2 float64 fit in
+            this many bytes (None: `default_cache_bytes`; 0: never).
+        devices: devices to spread row blocks over (default: all of `jax.devices()`).
+
+    Attributes:
+        spec: the `ProductSpec`; state: the arrays ({"y"}, plus "theta" and "k" when cached).
+    """
+
+    @x64
+    def __init__(self, kernels, inputs, cache_bytes: int | None = None, devices=None):
+        if not isinstance(kernels, MLP):
+            raise TypeError(
+                "the matrix-free route needs an MLP's analytic kernels (a traceable recursion); "
+                f"got {type(kernels).__name__}: use solver='dense' for other kernel functions"
+            )
+        inputs = np.asarray(inputs, np.float64)
+        n = inputs.shape[0]
+        limit = default_cache_bytes() if cache_bytes is None else int(cache_bytes)
+        self.spec = ProductSpec(
+            kernel=tuple(sorted(kernels._static().items())),
+            cached=2 * 8 * n * n <= limit,
+            block_rows=int(max(1, min(n, BLOCK_ENTRIES // max(n, 1)))),
+            devices=tuple(jax.devices() if devices is None else devices),
+        )
+        self.state = {"y": jnp.asarray(inputs)}
+        if self.spec.cached:
+            k, theta = _full(self.spec, self.state["y"], self.state["y"])
+            self.state = {"y": self.state["y"], "k": k, "theta": theta}
+
+    @property
+    def cached(self) -> bool:
+        return self.spec.cached
+
+    @x64
+    def __call__(self, v):
+        """``(Theta_YY v, K_YY v)`` for v (N, s)."""
+        return kernel_products(self.spec, self.state, jnp.asarray(v, jnp.float64))
+
+    @x64
+    def test(self, x_test, w):
+        """``(Theta_*Y w, K_*Y w)`` for test inputs (m, d) and w (N, s): (m, s) each."""
+        return _stream(self.spec, jnp.asarray(x_test, jnp.float64), self.state["y"],
+                       jnp.asarray(w, jnp.float64))  # fmt: skip
+
+    def pair(self, x1, x2):
+        """``(K, Theta)`` between x1 (r, d) and x2 (c, d): traceable."""
+        return _kernel_recursion(x1, x2, **dict(self.spec.kernel))
+
+
+def kernel_products(spec: ProductSpec, state: dict, v):
+    """``(Theta_YY v, K_YY v)`` (N, s) each: pure in (state, v), traceable."""
+    if spec.cached:
+        return state["theta"] @ v, state["k"] @ v
+    return _stream(spec, state["y"], state["y"], v)
+
+
+def _full(spec: ProductSpec, x, y):
+    """(K, Theta) (m, N) of x (m, d) against y, computed in row blocks."""
+    parts = [_kernel_recursion(x[s : s + spec.block_rows], y, **dict(spec.kernel))
+             for s in range(0, x.shape[0], spec.block_rows)]  # fmt: skip
+    return jnp.concatenate([p[0] for p in parts]), jnp.concatenate([p[1] for p in parts])
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _stream(spec: ProductSpec, x, y, v):
+    """``(Theta(x, y) v, K(x, y) v)`` (m, s) without forming (m, N): row blocks of x,
+    spread over the devices."""
+    b, m, n_dev = spec.block_rows, x.shape[0], len(spec.devices)
+    blocks = _ceil_div(_ceil_div(m, b), n_dev) * n_dev
+    padded = jnp.zeros((blocks * b, x.shape[1]), x.dtype).at[:m].set(x)
+    theta_v, k_v = _streamer(spec)(padded.reshape(blocks, b, -1), y, v)
+    s = v.shape[1]
+    return theta_v.reshape(-1, s)[:m], k_v.reshape(-1, s)[:m]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.lru_cache(maxsize=16)
+def _streamer(spec: ProductSpec):
+    """(blocks (B, b, d), y (N, d), v (N, s)) -> (Theta v, K v), each (B, b, s)."""
+    static = dict(spec.kernel)
+
+    def local(blocks, y, v):
+        def one(block):
+            k, theta = _kernel_recursion(block, y, **static)
+            return theta @ v, k @ v
+
+        return jax.lax.map(one, blocks)
+
+    if len(spec.devices) == 1:
+        return local
+    mesh = Mesh(np.array(spec.devices), ("rows",))
+    sharded = jax.shard_map(
+        local, mesh=mesh, in_specs=(P("rows"), P(), P()), out_specs=P("rows"), check_vma=False
+    )
+
+    def run(blocks, y, v):
+        blocks = jax.lax.with_sharding_constraint(blocks, NamedSharding(mesh, P("rows")))
+        return sharded(blocks, y, v)
+
+    return run
