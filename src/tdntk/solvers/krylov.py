@@ -256,7 +256,7 @@ class KrylovSolver:
         answer is the first `rows` entries of ``|v| Q^T coordinates``.
         """
         norm = float(jnp.linalg.norm(v))
-        k, total = min(16, dim), 0
+        k, total = min(16, dim, self.max_iterations), 0
         while True:
             q, h = run(k)
             h = np.asarray(h)
