@@ -225,29 +225,40 @@ def test_finite_linear_ensemble_samples_the_closed_form(tmp_path):
 
 
 # ---------------------------------------------------------------------- limits and errors
-def test_memory_refusal_names_estimate_and_a_fitting_subsample(tmp_path):
+def test_memory_limit_chooses_the_matrix_free_route_or_refuses_clearly(tmp_path):
+    """Dense when it fits; the matrix-free route when it does not (same values); a clear
+    refusal naming a fitting subsample when the dense route is forced."""
     data = collect("CartPole-v1", None, 200, seed=0)
     save_npz(tmp_path / "d.npz", data)
-    m_chunk = 2 * int(np.sum(~data.terminated))  # the non-terminal next states x 2 actions
-    limit = memory_estimate(50, 2, m_chunk, target=False) / 2**30
-    cfg = EvaluateConfig(memory_limit_gib=limit)
+    base = evaluate(data, EvaluateConfig(gamma=0.9))
+    assert base.summary["solver"]["name"] == "dense"
+    memory = base.summary["memory"]
+    dense_need, krylov_need = memory["dense_estimate_bytes"], memory["krylov_estimate_bytes"]
+    assert krylov_need < dense_need
+    limit = 0.5 * (dense_need + krylov_need) / 2**30  # the dense route no longer fits
+    small = evaluate(data, EvaluateConfig(gamma=0.9, memory_limit_gib=limit, tol=1e-10))
+    solver = small.summary["solver"]
+    assert solver["name"] == "krylov" and solver["iterations"] > 0 and solver["tolerance"] == 1e-10
+    assert all(s["converged"] for s in solver["solves"])
+    np.testing.assert_allclose(small.value_mean, base.value_mean, rtol=0,
+                               atol=1e-7 * np.abs(base.value_mean).max())  # fmt: skip
+    cfg = EvaluateConfig(gamma=0.9, memory_limit_gib=limit, solver="dense")
     with pytest.raises(MemoryLimitError, match=r"n=200 transitions .* GiB") as info:
         evaluate(data, cfg)
     message = str(info.value)
-    assert "available" in message and "--max-transitions" in message
+    assert "available" in message and "--solver krylov" in message
     fit = int(message.split("--max-transitions ")[1].split()[0])
-    # the suggestion is the largest n whose estimate fits (the m_chunk used at n = 200 is kept)
-    assert 50 <= fit < 200
-    assert memory_estimate(fit, 2, m_chunk, False) <= limit * 2**30
-    assert memory_estimate(fit + 1, 2, m_chunk, False) > limit * 2**30
+    assert 100 <= fit < 200
     out = tmp_path / "out"
-    r = _run(["evaluate", "--data", tmp_path / "d.npz", "--memory-limit-gib", limit, "--out", out])
+    args = ["evaluate", "--data", tmp_path / "d.npz", "--memory-limit-gib", limit, "--gamma", 0.9,
+            "--solver", "dense", "--out", out, "--no-progress"]  # fmt: skip
+    r = _run(args)
     assert r.exit_code == 1 and "--max-transitions" in r.output and "Traceback" not in r.output
     assert not out.exists() and _leftovers(tmp_path) == []
-    r = _run(["evaluate", "--data", tmp_path / "d.npz", "--memory-limit-gib", limit, "--t", "inf",
-              "--max-transitions", fit, "--out", out, "--no-progress"])  # fmt: skip
+    r = _run(args + ["--max-transitions", fit])
     assert r.exit_code == 0, r.output
     assert json.loads((out / "summary.json").read_text())["data"]["transitions_used"] == fit
+    assert memory_estimate(10, 5, 3, False) < memory_estimate(20, 5, 3, False)
 
 
 def test_max_transitions_subsamples_reproducibly():

@@ -6,11 +6,15 @@ is ``V(s) = sum_a pi(a|s) Q(s, a)`` (or ``Q(s, pi(s))``), a linear map w of
 the Q's, so its mean is ``w . mean_Q`` and its variance ``w^T Cov_Q w`` over
 the state's (s, a) inputs (the full covariance of the Q's combined).
 
-Before the dense kernels are built, `memory_estimate` bounds what they need
-((n + n k)^2 float64 kernels, the n x n factorisation, the test blocks) and
-`evaluate` refuses with `MemoryLimitError` when it exceeds the machine's
-available memory, saying how many transitions would fit
-(``max_transitions`` subsamples reproducibly).
+Before anything large is built, the memory of the dense route is estimated
+on the reduced data (`memory_estimate`: kernels on the distinct inputs, the
+factorisation, the test blocks); ``solver="auto"`` takes it when it fits the
+limit (80 % of the available memory, or ``memory_limit_gib``) and the
+matrix-free route otherwise (`tdntk.solvers.krylov`, its kernels cached in
+what is left when they fit). `MemoryLimitError` says how many transitions
+would fit when even that cannot run (``max_transitions`` subsamples
+reproducibly); summary.json says which route ran, with its tolerance and
+iterations.
 
 Shapes: n transitions, k next inputs per transition, d features, m states,
 o observation features, E members.
@@ -36,6 +40,8 @@ from ..datasets.spaces import components, has_discrete_leaf, readable_names
 from ..dynamics import Schedule, SoftTarget
 from ..nets import MLP
 from ..predict import TDNTK
+from ..reduced import reduce_transitions
+from ..solvers.choice import Krylov, dense_bytes, krylov_bytes
 from ..training import train_ensemble
 from .command import Command
 
@@ -121,6 +127,20 @@ class EvaluateConfig:
         default=None, metadata={"help": "Subsample at most this many transitions (seeded)."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the subsample and the ensemble."})
+    solver: Literal["auto", "dense", "krylov"] = field(
+        default="auto",
+        metadata={
+            "help": "dense (kernels as matrices), krylov (matrix-free, for large data) or auto "
+            "(dense when it fits the memory limit)."
+        },
+    )
+    tol: float = field(
+        default=1e-8, metadata={"help": "krylov: relative tolerance of every Krylov solve."}
+    )
+    rank: int = field(
+        default=256,
+        metadata={"help": "krylov: rank of the projection behind the variances."},
+    )
     memory_limit_gib: float | None = field(
         default=None,
         metadata={"help": "Memory the kernels may use (GiB); None: 80% of available memory."},
@@ -144,6 +164,7 @@ class EvaluateConfig:
                 f"eq. 12), got {self.target_tau}"
             )
         self.schedule(1.0 if self.learning_rate is None else self.learning_rate)  # validates
+        Krylov(tol=self.tol, rank=self.rank)  # validates
         if self.ensemble < 0:
             raise ValueError(f"ensemble must be >= 0, got {self.ensemble}")
         if self.ensemble and not np.isfinite(self.t):
@@ -195,64 +216,67 @@ def machine_memory() -> tuple[int, int]:
     return int(mem.available), int(mem.total)
 
 
-def _per_transition_squared(k: int, target: bool) -> float:
-    """Float64 words per n^2 (see `memory_estimate`)."""
-    kernels = 2.0 * (1 + k) ** 2  # NNGP and NTK over [X; X'']
-    blocks = 10.0  # Theta_bar, eigenbasis, Kbar, reduced blocks, eigh workspace
-    if target:
-        blocks += 60.0  # Van Loan exponential of a 3n x 3n matrix and the cached (E_t, W_t)
-    return kernels + blocks
+def memory_estimate(n_inputs: int, p: int, m_chunk: int, td_finite_t: bool) -> int:
+    """Bytes the dense route needs at peak: `tdntk.solvers.choice.dense_bytes` for N
+    distinct inputs and p reduced coordinates, plus the test blocks of m_chunk inputs."""
+    return dense_bytes(n_inputs, p, td_finite_t) + 8 * (3 * m_chunk * n_inputs + 2 * m_chunk**2)
 
 
-def memory_estimate(n: int, k: int, m_chunk: int, target: bool) -> int:
-    """Bytes the dense closed form needs at peak for n transitions with k next inputs each.
+def _largest_fitting(limit: float, n: int, n_inputs: int, p: int, m_chunk: int, td: bool) -> int:
+    """The largest number of transitions whose dense route fits in `limit` bytes, the
+    distinct inputs and coordinates growing in proportion to the transitions (>= 1)."""
+    def need(size: int) -> int:
+        scale = size / n
+        return memory_estimate(int(n_inputs * scale), int(p * scale), m_chunk, td)
 
-    ``8 * (2 (n + n k)^2 + c n^2 + 3 m_chunk (n + n k) + 2 m_chunk^2)``: the NNGP
-    and NTK kernels over the n + n k training inputs, c ~ 10 (single network) or
-    ~ 70 (target network: the 3n x 3n Van Loan exponential) n x n work arrays,
-    and the test-train kernel blocks of one chunk of m_chunk test inputs.
-    """
-    n_inputs = n * (1 + k)
-    words = _per_transition_squared(k, target) * n * n
-    words += 3.0 * m_chunk * n_inputs + 2.0 * m_chunk**2
-    return int(8 * words)
-
-
-def _largest_fitting(limit: float, k: int, m_chunk: int, target: bool) -> int:
-    """The largest n with ``memory_estimate(n, k, m_chunk, target) <= limit`` (>= 1)."""
-    a = 8.0 * _per_transition_squared(k, target)
-    b = 8.0 * 3.0 * m_chunk * (1 + k)
-    c = 8.0 * 2.0 * m_chunk**2 - limit
-    n = int((-b + np.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a))
-    while n > 1 and memory_estimate(n, k, m_chunk, target) > limit:
-        n -= 1
-    return max(n, 1)
+    lo, hi = 1, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if need(mid) <= limit else (lo, mid - 1)
+    return lo
 
 
-def _check_memory(n: int, k: int, m_chunk: int, target: bool, limit_gib: float | None) -> dict:
+def _choose_solver(cfg: EvaluateConfig, transitions: Transitions, m_chunk: int):
+    """(solver for `TDNTK`, memory info): dense when it fits the limit (or is asked for),
+    else the matrix-free route; refused with `MemoryLimitError` when neither fits."""
+    td = cfg.estimator == "td"
+    red = reduce_transitions(transitions, td)
+    n_inputs, p = red.inputs.shape[0], red.p
     available, total = machine_memory()
-    limit = limit_gib * GIB if limit_gib is not None else 0.8 * available
-    need = memory_estimate(n, k, m_chunk, target)
-    info = {"estimate_bytes": need, "limit_bytes": int(limit), "available_bytes": available,
-            "total_bytes": total}  # fmt: skip
-    if need > limit:
-        fit = _largest_fitting(limit, k, m_chunk, target)
+    limit = cfg.memory_limit_gib * GIB if cfg.memory_limit_gib is not None else 0.8 * available
+    dense_need = memory_estimate(n_inputs, p, m_chunk, td and np.isfinite(cfg.t))
+    krylov_need = krylov_bytes(n_inputs, p, cfg.rank, 2048, cached=False)
+    info = {"distinct_inputs": n_inputs, "coordinates": p, "dense_estimate_bytes": dense_need,
+            "krylov_estimate_bytes": krylov_need, "limit_bytes": int(limit),
+            "available_bytes": available, "total_bytes": total}  # fmt: skip
+    if cfg.solver == "dense" or (cfg.solver == "auto" and dense_need <= limit):
+        if dense_need > limit:
+            fit = _largest_fitting(limit, transitions.n, n_inputs, p, m_chunk, td)
+            raise MemoryLimitError(
+                f"evaluate: the dense route for n={transitions.n} transitions ({n_inputs} "
+                f"distinct inputs) needs about {dense_need / GIB:.2f} GiB, above the limit of "
+                f"{limit / GIB:.2f} GiB (this machine: {available / GIB:.2f} GiB available of "
+                f"{total / GIB:.2f} GiB). Use --solver krylov (matrix-free), subsample with "
+                f"--max-transitions {fit} (chosen reproducibly with --seed), or raise "
+                "--memory-limit-gib if more memory is free."
+            )
+        return "dense", info
+    if krylov_need > limit:
         raise MemoryLimitError(
-            f"evaluate: the dense kernels for n={n} transitions with k={k} next input(s) each "
-            f"({n * (1 + k)} kernel inputs) need about {need / GIB:.2f} GiB, above the limit of "
-            f"{limit / GIB:.2f} GiB (this machine: {available / GIB:.2f} GiB available of "
-            f"{total / GIB:.2f} GiB). Subsample with --max-transitions {fit} "
-            "(max_transitions=..., chosen reproducibly with --seed), or raise --memory-limit-gib "
-            "if more memory is free."
+            f"evaluate: even the matrix-free route for n={transitions.n} transitions "
+            f"({n_inputs} distinct inputs, {p} coordinates) needs about "
+            f"{krylov_need / GIB:.2f} GiB (its rank-{cfg.rank} projection and Krylov bases), "
+            f"above the limit of {limit / GIB:.2f} GiB: lower --rank, subsample with "
+            "--max-transitions, or raise --memory-limit-gib."
         )
-    return info
+    return Krylov(tol=cfg.tol, rank=cfg.rank, cache_bytes=int(limit - krylov_need)), info
 
 
 # ---------------------------------------------------------------------- the model
-def _build_model(cfg: EvaluateConfig, transitions: Transitions) -> tuple[TDNTK, float]:
+def _build_model(cfg: EvaluateConfig, transitions: Transitions, solver) -> tuple[TDNTK, float]:
     """The TDNTK at cfg.learning_rate, or at `DEFAULT_RATE_FRACTION` of the critical rate
     (eq. 11, read off the same factorisation) when it is None."""
-    model = TDNTK(cfg.net, transitions, cfg.schedule(cfg.learning_rate or 1.0))
+    model = TDNTK(cfg.net, transitions, cfg.schedule(cfg.learning_rate or 1.0), solver)
     if cfg.learning_rate is not None:
         return model, cfg.learning_rate
     rate = DEFAULT_RATE_FRACTION * model.critical_learning_rate
@@ -379,15 +403,13 @@ def evaluate(
         policy = load_policy(policy)
     problem = _prepare(data, cfg, policy, states)
     chunk = max(1, 2048 // problem.x_test.shape[1])
-    memory = _check_memory(
-        problem.transitions.n, problem.transitions.k,
-        min(chunk, len(problem.states)) * problem.x_test.shape[1],
-        cfg.target() is not None and np.isfinite(cfg.t), cfg.memory_limit_gib,
-    )  # fmt: skip
+    solver, memory = _choose_solver(
+        cfg, problem.transitions, min(chunk, len(problem.states)) * problem.x_test.shape[1]
+    )
     timings["data_and_features"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    model, rate = _build_model(cfg, problem.transitions)
+    model, rate = _build_model(cfg, problem.transitions, solver)
     timings["kernels_and_factorisation"] = time.perf_counter() - clock
     clock = time.perf_counter()
     mean, std = state_values(model, problem.x_test, problem.weights, cfg.t, chunk)
@@ -422,6 +444,7 @@ def evaluate(
         "critical_learning_rate": model.critical_learning_rate,
         "max_stable_learning_rate": model.max_stable_learning_rate,
         "memory": memory,
+        "solver": _solver_summary(model),
         "timings_s": timings,
         "values": {
             "mean_of_means": float(np.mean(mean)),
@@ -434,6 +457,22 @@ def evaluate(
     return ValueEstimate(
         problem.states, mean, std, ens_mean, ens_std, summary, problem.observation_space
     )
+
+
+def _solver_summary(model: TDNTK) -> dict:
+    """Which route computed the values, and (matrix-free) its tolerance and iterations."""
+    solver = model.solver
+    if solver.name == "dense":
+        return {"name": "dense", "method": "one eigendecomposition of the driving kernel"}
+    report = solver.report
+    return {
+        "name": "krylov",
+        "tolerance": report.tolerance,
+        "iterations": report.iterations,
+        "projection_rank": report.rank,
+        "kernels_cached": report.cached,
+        "solves": report.solves,
+    }
 
 
 @dataclass(frozen=True)
@@ -613,9 +652,9 @@ def run(cmd: EvaluateCommand) -> ValueEstimate:
     s = result.summary
     print(
         f"wrote {cmd.out}: {s['states']['count']} states, {s['data']['transitions_used']} "
-        f"transitions; estimator {s['estimator']['name']}; critical learning rate "
-        f"{s['critical_learning_rate']:.4g}, learning rate {s['learning_rate']:.4g}, "
-        f"{s['timings_s']['total']:.2f} s"
+        f"transitions; estimator {s['estimator']['name']}; {_solver_text(s['solver'])}; "
+        f"critical learning rate {s['critical_learning_rate']:.4g}, learning rate "
+        f"{s['learning_rate']:.4g}, {s['timings_s']['total']:.2f} s"
     )
     if not s["estimator"]["converges"]:
         print(
@@ -630,6 +669,15 @@ def run(cmd: EvaluateCommand) -> ValueEstimate:
             file=sys.stderr,
         )
     return result
+
+
+def _solver_text(solver: dict) -> str:
+    if solver["name"] == "dense":
+        return "dense solver"
+    return (
+        f"matrix-free solver (tolerance {solver['tolerance']:g}, {solver['iterations']} "
+        f"kernel products, projection rank {solver['projection_rank']})"
+    )
 
 
 COMMAND = Command(

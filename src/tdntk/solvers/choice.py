@@ -60,7 +60,7 @@ def dense_bytes(n_inputs: int, p: int, td_finite_t: bool, block_rows: int = 2048
 def krylov_bytes(n_inputs: int, p: int, rank: int, max_iterations: int, cached: bool) -> int:
     """Peak bytes of the matrix-free route (module docstring)."""
     words = 6.0 * n_inputs * rank + 4.0 * p * rank + 2.0 * p * min(max_iterations, 2 * p)
-    words += 10.0 * 2**22  # a row block of kernel slices and its temporaries
+    words += 10.0 * min(2**22, n_inputs**2)  # a row block of kernel slices, its temporaries
     if cached:
         words += 2.0 * n_inputs**2
     return int(8 * words)
