@@ -23,8 +23,8 @@ import scipy.linalg
 from conftest import make_problem
 
 import tdntk
-from tdntk.solvers import dense
 from tdntk import Schedule, SoftTarget
+from tdntk.solvers import dense
 
 LR = 0.05
 
