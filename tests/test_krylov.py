@@ -156,3 +156,18 @@ def _key():
     import jax
 
     return jax.random.PRNGKey(0)
+
+
+def test_diverging_td_gives_nan_at_infinity_on_the_krylov_route_too():
+    """The two-state chain of Tsitsiklis and Van Roy (test_fixed_points): TD diverges."""
+    from test_fixed_points import LINEAR, two_state_chain
+
+    data = two_state_chain(0.9)
+    model = tdntk.TDNTK(LINEAR, data, Schedule(0.1, SoftTarget(0.5)), solver=Krylov(tol=1e-10))
+    with pytest.warns(tdntk.DivergenceWarning, match="diverges"):
+        pred = model.predict(np.array([[1.0], [2.0]]), [10.0, np.inf])
+    dense = tdntk.TDNTK(LINEAR, data, Schedule(0.1, SoftTarget(0.5)), solver="dense")
+    with pytest.warns(tdntk.DivergenceWarning):
+        expected = dense.predict(np.array([[1.0], [2.0]]), 10.0)
+    np.testing.assert_allclose(pred.mean[0], expected.mean[0], rtol=1e-9)
+    assert np.all(np.isnan(pred.mean[1]))

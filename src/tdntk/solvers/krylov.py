@@ -198,7 +198,14 @@ class KrylovSolver:
     @x64
     def from_init(self, dynamics: TDDynamics, x_test, times, residual_c) -> np.ndarray:
         """``Z_t v`` (T, m) for the reduced vector v (p,), by Krylov solves (eq. 8/15)."""
-        coefs = self.coefficients(dynamics.schedule, jnp.asarray(residual_c), times)
+        times = np.asarray(times, np.float64)
+        limit = np.isinf(times) & (not dynamics.converges)  # no limit: NaN, as on the dense route
+        coefs = jnp.full((self.reduced.p, times.size), jnp.nan)
+        keep = np.flatnonzero(~limit)
+        if keep.size:
+            coefs = coefs.at[:, keep].set(
+                self.coefficients(dynamics.schedule, jnp.asarray(residual_c), times[keep])
+            )
         return np.asarray(self.products.test(x_test, self._ops.lt(self.state, coefs))[0]).T
 
     # ------------------------------------------------------------------ Krylov solves
