@@ -91,8 +91,7 @@ _SHARDED = textwrap.dedent(
     import sys
     import jax, numpy as np
     sys.path.insert(0, {tests!r})
-    from conftest import make_problem
-from test_reduced import repeated_problem
+    from test_reduced import repeated_problem
     import tdntk
     from tdntk.solvers.choice import Krylov
     assert jax.device_count() == 4, jax.devices()

@@ -9,7 +9,8 @@ reduced coordinates of `tdntk.reduced` (p groups):
   (`matfree.decomp.tridiag_sym`, full reorthogonalisation): the filter f_t of
   `tdntk.dynamics` applied to the Ritz values. t = inf: ``H^+ U^T r`` by
   conjugate gradients (`lineax.CG`) preconditioned with a pivoted partial
-  Cholesky factor ``H ~ F F^T`` (Woodbury: ``(F F^T + s I)^-1``).
+  Cholesky factor ``H ~ F F^T`` (greedy pivots on the diagonal, stopped at the
+  numerical rank; Woodbury: ``(F F^T + s I)^-1``, s the largest diagonal left).
 * **Mean, TD** (``A = L Theta L^T``, ``S = N Theta L^T``): the forced
   solution ``t phi_1(t M) [eta U^T r; 0]`` of the generator M (2p) from one
   Arnoldi basis (`matfree.decomp.hessenberg`), phi_1 of the small Hessenberg
@@ -44,7 +45,7 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import scipy.linalg
-from matfree import decomp, low_rank
+from matfree import decomp
 
 from ..dynamics import Schedule, TDDynamics, driving_spectrum, x64
 from ..nets import MLP, _kernel_recursion
@@ -431,27 +432,45 @@ def _fixed_run(ops: _Ops, kind: str, max_steps: int, tol: float, state, v, facto
         solver = lx.CG(rtol=tol, atol=0.0, norm=norm, max_steps=max_steps)
     else:
         op = lx.FunctionLinearOperator(_fixed_operator(ops, kind, state), structure)
-        solver = lx.GMRES(rtol=tol, atol=0.0, norm=norm, max_steps=max_steps, restart=64)
+        solver = lx.GMRES(rtol=tol, atol=0.0, norm=norm, max_steps=max_steps,
+                          restart=min(ops.p, 200), stagnation_iters=50)  # fmt: skip
     sol = lx.linear_solve(op, v, solver, options={"preconditioner": precond}, throw=False)
     return sol.value, sol.stats["num_steps"], sol.result == lx.RESULTS.successful
 
 
 @functools.partial(jax.jit, static_argnames=("ops", "rank"))
 def _pivoted_cholesky_run(ops: _Ops, rank: int, state):
+    """Greedy pivoted partial Cholesky of the driving kernel from its elements:
+    (F (p, rank), the diagonal (p,), the pivot values (rank,))."""
     element = functools.partial(ops.element, state)
-    factor, _ = low_rank.cholesky_partial_pivot(element, nrows=ops.p, rank=rank)()
-    diag = jax.vmap(element)(jnp.arange(ops.p), jnp.arange(ops.p))
-    return factor, diag
+    rows = jnp.arange(ops.p)
+    diag = jax.vmap(element)(rows, rows)
+
+    def step(i, carry):
+        factor, rest, pivots = carry
+        j = jnp.argmax(rest)
+        pivot = rest[j]
+        col = jax.vmap(lambda r: element(r, j))(rows) - factor @ factor[j]
+        col = jnp.where(pivot > 0, col / jnp.sqrt(jnp.where(pivot > 0, pivot, 1.0)), 0.0)
+        rest = jnp.maximum(rest - col**2, 0.0).at[j].set(0.0)
+        return factor.at[:, i].set(col), rest, pivots.at[i].set(pivot)
+
+    init = (jnp.zeros((ops.p, rank)), diag, jnp.zeros(rank))
+    factor, _, pivots = jax.lax.fori_loop(0, rank, step, init)
+    return factor, diag, pivots
 
 
 def _pivoted_cholesky(ops: _Ops, rank: int, state) -> tuple[jax.Array, float]:
-    """(F (p, k) with ``H ~ F F^T`` (greedy pivots, `matfree.low_rank`), the shift s of the
-    preconditioner ``(F F^T + s I)^-1``: the mean diagonal F leaves unexplained)."""
-    factor, diag = _pivoted_cholesky_run(ops, rank, state)
-    keep = np.asarray(jnp.all(jnp.isfinite(factor), axis=0))
+    """(F (p, k) with ``H ~ F F^T``, greedy pivots stopped at the numerical rank
+    (pivot <= 1e-12 max diagonal), and the shift s of the preconditioner
+    ``(F F^T + s I)^-1``: the largest diagonal F leaves unexplained)."""
+    factor, diag, pivots = _pivoted_cholesky_run(ops, rank, state)
+    top = float(jnp.max(diag))
+    keep = np.asarray(pivots > 1e-12 * top)
+    keep = np.arange(keep.size) < (int(np.argmin(keep)) if not keep.all() else keep.size)
     factor = factor[:, keep]
     rest = jnp.maximum(diag - jnp.sum(factor**2, axis=1), 0.0)
-    shift = float(jnp.maximum(jnp.mean(rest), 1e-12 * jnp.max(diag)))
+    shift = float(jnp.maximum(jnp.max(rest), 1e-12 * top))
     return factor, shift
 
 
