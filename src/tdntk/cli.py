@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -258,6 +260,18 @@ SHORT_HELP = {
 @click.version_option(package_name="tdntk")
 def main():
     """TD-NTK: closed-form training dynamics of wide Q-network ensembles under TD learning."""
+    _show_stage_messages()
+
+
+def _show_stage_messages() -> None:
+    """Print the library's stage messages (kernel passes, Krylov iterations) to stderr."""
+    logger = logging.getLogger("tdntk")
+    if not any(getattr(h, "_tdntk_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[tdntk] %(message)s"))
+        handler._tdntk_cli = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":

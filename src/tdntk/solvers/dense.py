@@ -20,6 +20,8 @@ Shapes: n transitions, N distinct inputs, p groups, r range, m test inputs, T ti
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from collections.abc import Callable
 
 import jax
@@ -30,6 +32,8 @@ from ..dynamics import Schedule, Spectrum, TDDynamics, driving_spectrum, x64
 from ..reduced import Reduced, Sparse
 
 __all__ = ["DenseSolver", "TEST_BLOCK_ROWS", "spectrum_from_ntk"]
+
+log = logging.getLogger("tdntk.solvers")
 
 # Rows of x_test per kernel call: bounds the raw (rows, N) kernel blocks.
 TEST_BLOCK_ROWS = 2048
@@ -78,8 +82,13 @@ class DenseSolver:
     def __init__(self, kernel_fn: DeviceKernelFn, reduced: Reduced, reward: np.ndarray):
         self.kernel_fn = kernel_fn
         self.reduced = reduced
+        tick = time.perf_counter()
         nngp, ntk = kernel_fn(reduced.inputs, reduced.inputs)
         self.spectrum = spectrum_from_ntk(ntk, reduced)
+        log.info(
+            "dense route: kernels on %d distinct inputs, eigh of %d x %d (%.1f s)",
+            reduced.inputs.shape[0], reduced.p, reduced.p, time.perf_counter() - tick,
+        )  # fmt: skip
         del ntk
         self._load, self._cov = _sparse_args(reduced.load), _sparse_args(reduced.cov_load)
         self.kbar, self.reward = _project(
