@@ -141,6 +141,7 @@ class KrylovSolver:
         self.tol = float(tol)
         self.max_iterations = int(max_iterations)
         self.reward_c = jnp.asarray(reduced.coords(reward))
+        self._mean_cache: dict = {}
         self._ops = _Ops(self.products.spec, reduced.p, reduced.inputs.shape[0])
         self.state = {
             "products": self.products.state,
@@ -231,8 +232,18 @@ class KrylovSolver:
     # ------------------------------------------------------------------ Krylov solves
     @x64
     def coefficients(self, schedule: Schedule, forcing, times) -> jax.Array:
-        """a_t (p, T) with ``Z_t v = Theta_*Y L^T a_t`` for the reduced vector v (p,)."""
+        """a_t (p, T) with ``Z_t v = Theta_*Y L^T a_t`` for the reduced vector v (p,).
+
+        For the rewards (the ensemble mean) the answers are kept per (schedule, t), so
+        predictions in several blocks of test inputs solve once."""
         times = np.asarray(times, np.float64)
+        if forcing is self.reward_c:
+            cache = self._mean_cache
+            todo = [t for t in dict.fromkeys(times.tolist()) if (schedule, t) not in cache]
+            if todo:
+                fresh = self.coefficients(schedule, jnp.array(forcing), np.asarray(todo))
+                cache.update({(schedule, t): fresh[:, i] for i, t in enumerate(todo)})
+            return jnp.stack([cache[(schedule, t)] for t in times.tolist()], axis=1)
         out = jnp.zeros((self.reduced.p, times.size))
         if float(jnp.linalg.norm(forcing)) == 0.0:
             return out
