@@ -3,9 +3,8 @@
 `KernelProducts` computes ``(Theta_YY V, K_YY V)`` for V (N, s) without storing
 the N x N kernels: the rows of Y are cut into blocks of b rows, each block's
 (b, N) kernel slices are computed by the `MLP`'s recursion and multiplied at
-once (fused by XLA), and the blocks are spread over all devices JAX sees
-(`jax.shard_map` over a 1-D mesh; with ``jax.distributed`` that includes every
-host's devices). When both N x N kernels fit in ``cache_bytes`` they are
+once (fused by XLA), and the blocks are spread over all local devices
+(`jax.shard_map` over a 1-D mesh; several hosts are not supported). When both N x N kernels fit in ``cache_bytes`` they are
 computed once and kept on the device (then a product is two matrix products):
 `cached` says which.
 
@@ -65,7 +64,7 @@ class KernelProducts:
         inputs: (N, d) the distinct inputs Y.
         cache_bytes: keep both kernels on the device when 2 N^2 float64 fit in
             this many bytes (None: `default_cache_bytes`; 0: never).
-        devices: devices to spread row blocks over (default: all of `jax.devices()`).
+        devices: devices to spread row blocks over (default: `jax.local_devices()`).
 
     Attributes:
         spec: the `ProductSpec`; state: the arrays ({"y"}, plus "theta" and "k" when cached).
@@ -85,7 +84,7 @@ class KernelProducts:
             kernel=tuple(sorted(kernels._static().items())),
             cached=2 * 8 * n * n <= limit,
             block_rows=int(max(1, min(n, BLOCK_ENTRIES // max(n, 1)))),
-            devices=tuple(jax.devices() if devices is None else devices),
+            devices=tuple(jax.local_devices() if devices is None else devices),
         )
         self.state = {"y": jnp.asarray(inputs)}
         if self.spec.cached:
