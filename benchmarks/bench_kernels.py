@@ -36,9 +36,11 @@ tensorflow through tf2jax at import time, and needs NumPy < 2 with JAX 0.4.23:
 2.15.1, tf2jax 0.3.6, ml-dtypes 0.3.2, Python 3.11). Without it, tdntk's times
 are still reported, with a note.
 
-Also reported: entries per second of the jitted recursion `_kernel_recursion`
-(NNGP and NTK together, float64 outputs) at the row-block shapes of the
-matrix-free solver, b rows in {64, 256, 1024} against N columns in {8192, 65536}.
+Also reported: entries per second of the recursion (NNGP and NTK together) at
+the row-block shapes of a matrix-free solver, b rows in {64, 256, 1024} against
+N columns in {8192, 65536}: `_kernel_recursion` and `_kernel_pair` called on one
+block, and jit(lax.map) over row blocks forming K v and Theta v (see
+`block_throughput`).
 
     .venv/bin/python benchmarks/bench_kernels.py [--nt-python /tmp/ntenv/bin/python]
         [--sizes 1274 5096 8192] [--repeats 5] [--no-blocks]
@@ -53,13 +55,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import tdntk
-from tdntk.nets import _kernel_recursion
+from tdntk.nets import _kernel_pair, _kernel_recursion
 
 SIGMA_W2, SIGMA_B2, DEPTH, DIM = 1.0, 0.1, 2, 6
 
@@ -195,23 +198,61 @@ def compare(net, nt, n, repeats, tmp, rng):
         print(line, flush=True)
 
 
-def block_throughput(net, repeats, rng):
-    """Entries per second of `_kernel_recursion` (NNGP + NTK) on (b, N) blocks."""
-    print("\n_kernel_recursion, depth-2 relu, float64 NNGP + NTK of a (b, N) block:")
+def _best(fn, repeats):
+    """Best (wall, cpu) seconds of fn() over `repeats` calls, after one untimed call."""
+    jax.block_until_ready(fn())
+    best = (np.inf, np.inf)
+    for _ in range(repeats):
+        cpu, wall = time.process_time(), time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, (time.perf_counter() - wall, time.process_time() - cpu))
+    return best
+
+
+def block_throughput(net, repeats, rng, map_rows=4096):
+    """Entries per second of the recursion (NNGP + NTK together) on (b, N) blocks:
+
+    * `_kernel_recursion(x[b rows], x[N rows])` called on its own (two float64 (b, N)
+      outputs in memory);
+    * `_kernel_pair` on its own (one complex128 (b, N) output, NNGP + 1j NTK);
+    * the matrix-free solver's pattern: ``jit(lax.map(row block -> (K v, Theta v)))``
+      with `_kernel_recursion` over `map_rows` rows (the b-row blocks of the first
+      `map_rows` inputs) against all N, as jitted by default and with
+      ``compiler_options={"xla_cpu_prefer_vector_width": 512}`` (CPU).
+    """
+    print("\nrecursion throughput, depth-2 relu, float64 NNGP + NTK, M entries/s by wall (cpu):")
     static = net._static()
     with jax.enable_x64(True):
         for cols in (8192, 65536):
             x2 = jnp.asarray(rng.normal(size=(cols, DIM)))
+            v = jnp.asarray(rng.normal(size=cols))
             for rows in (64, 256, 1024):
                 x1 = jnp.asarray(rng.normal(size=(rows, DIM)))
-                jax.block_until_ready(_kernel_recursion(x1, x2, **static))
-                best = np.inf
-                for _ in range(repeats):
-                    tick = time.perf_counter()
-                    jax.block_until_ready(_kernel_recursion(x1, x2, **static))
-                    best = min(best, time.perf_counter() - tick)
-                print(f"  b {rows:>5} x N {cols:>6}: {best * 1e3:8.1f} ms  "
-                      f"{rows * cols / best / 1e6:7.1f} M entries/s", flush=True)  # fmt: skip
+                blocks = x2[:map_rows].reshape(map_rows // rows, rows, DIM)
+                line = f"  b {rows:>5} x N {cols:>6}:"
+                for label, fn in _block_cases(x1, x2, v, blocks, static).items():
+                    wall, cpu = _best(fn, repeats)
+                    entries = (map_rows if label.startswith("lax.map") else rows) * cols
+                    line += f"  {label} {entries / wall / 1e6:6.1f} ({entries / cpu / 1e6:6.1f})"
+                print(line, flush=True)
+
+
+def _kernel_products(blocks, x2, v, static):
+    """(K v, Theta v) for the rows in `blocks` (count, b, d), one row block at a time."""
+    return jax.lax.map(lambda b: [m @ v for m in _kernel_recursion(b, x2, **static)], blocks)
+
+
+def _block_cases(x1, x2, v, blocks, static):
+    wide = {"xla_cpu_prefer_vector_width": 512}
+    products = partial(_kernel_products, static=static)
+    plain = jax.jit(products)
+    vector512 = jax.jit(products, compiler_options=wide)
+    return {
+        "_kernel_recursion": lambda: _kernel_recursion(x1, x2, **static),
+        "_kernel_pair": lambda: _kernel_pair(x1, x2, **static),
+        "lax.map K v": lambda: plain(blocks, x2, v),
+        "lax.map K v, 512": lambda: vector512(blocks, x2, v),
+    }
 
 
 def main():
