@@ -4,9 +4,9 @@
 the N x N kernels: the rows of Y are cut into blocks of b rows, each block's
 (b, N) kernel slices are computed by the `MLP`'s recursion and multiplied at
 once (fused by XLA), and the blocks are spread over all local devices
-(`jax.shard_map` over a 1-D mesh; several hosts are not supported). When both N x N kernels fit in ``cache_bytes`` they are
-computed once and kept on the device (then a product is two matrix products):
-`cached` says which.
+(`jax.shard_map` over a 1-D mesh; several hosts are not supported). When both
+N x N kernels fit in ``cache_bytes`` they are computed once and kept on the
+device (then a product is two matrix products): `cached` says which.
 
 The products are pure functions of an array pytree (`state`) and hashable
 settings (`spec`), so Krylov iterations can run inside one compiled loop with
