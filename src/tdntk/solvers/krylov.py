@@ -53,7 +53,7 @@ from ..dynamics import Schedule, TDDynamics, driving_spectrum, x64
 from ..nets import MLP, _kernel_recursion
 from ..reduced import Reduced, Sparse
 from .dense import _moments_full, _moments_var
-from .kernel_products import KernelProducts, ProductSpec, kernel_products
+from .kernel_products import KernelProducts, ProductSpec, backend_jit, kernel_products
 
 __all__ = ["KrylovSolver", "KrylovReport", "ConvergenceWarning"]
 
@@ -432,13 +432,13 @@ class _Ops:
         return weight[i] @ theta @ weight[j]
 
 
-@functools.partial(jax.jit, static_argnames=("ops", "k"))
+@functools.partial(backend_jit, static_argnames=("ops", "k"))
 def _lanczos_run(ops: _Ops, k: int, state, v):
     result = decomp.tridiag_sym(k, reortho="full")(lambda x: ops.drive(state, x), v)
     return result.Q_tall, result.J_small
 
 
-@functools.partial(jax.jit, static_argnames=("ops", "k", "discrete"))
+@functools.partial(backend_jit, static_argnames=("ops", "k", "discrete"))
 def _arnoldi_run(ops: _Ops, k: int, discrete: bool, state, v, eta, tau):
     p = ops.p
 
@@ -466,7 +466,7 @@ def _fixed_operator(ops: _Ops, kind: str, state):
     return td
 
 
-@functools.partial(jax.jit, static_argnames=("ops", "kind", "max_steps", "tol"))
+@functools.partial(backend_jit, static_argnames=("ops", "kind", "max_steps", "tol"))
 def _fixed_run(ops: _Ops, kind: str, max_steps: int, tol: float, state, v, factor, shift, scale):
     """(x, steps, success) of CG (kind "cg") or GMRES on the reduced system, preconditioned
     by ``(F F^T + s I)^-1``. The unknown is solved for as ``z = x / scale`` with an
