@@ -148,7 +148,7 @@ def test_gamma_zero_is_supervised_ntk_regression(net, target):
 
 @pytest.mark.parametrize("tau", [None, 0.2])
 def test_ensemble_moments_follow_from_the_linear_map(net, problem, tau):
-    """mean = Z r and cov = L K L^T for Q_t* = L [Q0*; Q0; Q0''] + Z r (notes, (*))."""
+    """mean = Z r and cov = L K L^T for Q_t* = L [Q0*; Q0; Q0''] + Z r (theory page, (*))."""
     data, x_test = problem
     target = None if tau is None else SoftTarget(tau)
     model = tdntk.TDNTK(net, data, Schedule(LR, target))

@@ -1,13 +1,15 @@
 """tdntk: closed-form TD training dynamics of infinitely wide Q-networks.
 
-Implements "Wide neural network training dynamics for reinforcement learning"
-(the paper in ../shared/paper) and the conventions of ../shared/notes/math.md.
+Implements *Wide Neural Network Training Dynamics for Reinforcement Learning*
+(anonymous authors, a manuscript under double-blind review) with the
+conventions of the documentation's theory page, and goes beyond it.
 Gymnasium (which installs a warning filter of its own when imported) is only
 imported by the modules that need it: ``import tdntk.envs`` registers
 ``gymnasium.make("tdntk/ToyChain-v0")``.  Importing tdntk changes no global
-state: float64 is taken locally (NumPy/SciPy for the closed form,
-``jax.enable_x64`` scopes for the networks).
+state: float64 is taken in local ``jax.enable_x64`` scopes.
 """
+
+from importlib import metadata as _metadata
 
 from .data import Transitions, discounts
 from .dynamics import (
@@ -59,4 +61,7 @@ __all__ = [
     "linearised_ensemble",
     "parameter_trajectory",
 ]
-__version__ = "0.1.0"
+try:  # the one version source is pyproject.toml
+    __version__ = _metadata.version("tdntk")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

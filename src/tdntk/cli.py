@@ -29,7 +29,12 @@ import types
 import typing
 from collections.abc import Mapping
 
-import click
+try:
+    import click
+except ImportError:  # the closed-form core is installed without the command line's extras
+    raise SystemExit(
+        "the tdntk command needs the 'experiments' extra: pip install 'tdntk[experiments]'"
+    ) from None
 
 from .experiments.command import Command
 

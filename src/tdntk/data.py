@@ -1,4 +1,4 @@
-"""Offline transitions and the Bellman operator ``G P`` of the notes (math.md).
+"""Offline transitions and the Bellman operator ``G P`` (theory page).
 
 Shapes: n transitions, d input features (state and action encoded together),
 k candidate next actions per transition (k = 1 for a deterministic policy).
@@ -14,7 +14,7 @@ __all__ = ["Transitions", "discounts", "check_probability_rows"]
 
 
 def discounts(gamma: float, terminated) -> np.ndarray:
-    """Per-transition discount ``g_i = gamma * (1 - terminated_i)`` (notes, Conventions).
+    """Per-transition discount ``g_i = gamma * (1 - terminated_i)`` (theory page, Conventions).
 
     A transition cut by a time limit (truncated, not terminated) keeps ``gamma``.
     """
@@ -157,7 +157,7 @@ class Transitions:
     def bellman(self, values) -> np.ndarray:
         """Apply ``G P``: (n * k, ...) values at X'' -> (n, ...) discounted expectations.
 
-        ``(G P v)_i = g_i * sum_j w_ij v_{ik+j}`` (notes: stochastic target policy).
+        ``(G P v)_i = g_i * sum_j w_ij v_{ik+j}`` (theory page: stochastic target policy).
         """
         values = np.asarray(values)
         v = values.reshape((self.n, self.k) + values.shape[1:])

@@ -1,4 +1,4 @@
-"""Linearised TD dynamics: NTK blocks in, the matrix Z_t of the notes out.
+"""Linearised TD dynamics: NTK blocks in, the matrix Z_t of the theory page out.
 
 Every case has the solution (theory page, "One structure for every case")
 

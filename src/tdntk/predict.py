@@ -6,7 +6,7 @@ factorisation are computed at construction), then evaluated at any times:
     model = TDNTK(net, data, Schedule(learning_rate=0.01))  # eq. 6-10
     g = model.predict(x_test, t=[0, 2**8, 2**16, np.inf])   # g.mean (T, m), g.cov (T, m, m)
 
-The ensemble moments follow from (*) of the notes with Q_0 ~ GP(0, K):
+The ensemble moments follow from (*) of the theory page with Q_0 ~ GP(0, K):
 
     mean_t = Z_t r
     cov_t  = K** - Z_t C - (Z_t C)^T + Z_t Kbar Z_t^T                    (eq. 52)
@@ -218,7 +218,7 @@ class TDNTK:
     def predict_from_init(self, x_test, t, q0_test, q0_x, q0_next) -> np.ndarray:
         """The linearised network started from given outputs at initialisation, eq. 8/24 (15/43).
 
-        ``Q_t(X*) = Q0(X*) + Z_t (r - Q0(X) + G P Q0(X''))`` (notes, (*)); with
+        ``Q_t(X*) = Q0(X*) + Z_t (r - Q0(X) + G P Q0(X''))`` (theory page, (*)); with
         the empirical NTK of one network as `kernels` this is that network's
         linearisation ("Lin." in the paper).
 

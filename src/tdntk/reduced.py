@@ -7,7 +7,7 @@ x''_i = x_(i+1)) cost nothing (the theory page derives this):
 * the kernels are evaluated on the N distinct inputs Y of X and X'' only;
 * the duals live on p "groups" of transitions with counts c_g, through the
   orthonormal map ``alpha = U a``, ``U = E diag(c)^(-1/2)`` (E the n x p
-  incidence of transitions in groups): every n-vector v of the notes enters as
+  incidence of transitions in groups): every n-vector v of the theory page enters as
   ``U^T v = (group sums of v) / sqrt(c)``;
 * residual gradient (single network): groups are identical rows of
   ``D = U - G P V`` (same input, next inputs, discount and next weights), and

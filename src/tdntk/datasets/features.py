@@ -221,10 +221,10 @@ def to_transitions(
     """`Transitions` for evaluating `policy` (or the behaviour policy) from `data`.
 
     ``x_i = features(s_i, a_i)``; discount ``g_i = gamma * (1 - terminated_i)``
-    (a truncated transition keeps gamma; notes, Conventions). Next inputs X''
+    (a truncated transition keeps gamma; theory page, Conventions). Next inputs X''
     (see `next_inputs`): from ``policy`` when given (stochastic: all actions
     weighted by ``policy.action_probs`` as ``next_weights``, the P of the
-    notes; deterministic: ``policy(s')``), otherwise from the recorded
+    theory page; deterministic: ``policy(s')``), otherwise from the recorded
     next_action_probs or next_actions, which evaluates the behaviour policy
     (SARSA-style).
 

@@ -7,7 +7,7 @@ flattened with ``gymnasium.spaces.flatten`` (one-hot for a Discrete
 observation space), as stored in `OfflineData`. A stochastic policy over Discrete
 actions may also define ``policy.action_probs(obs) -> (A,)`` probabilities;
 then `collect` samples from them and `to_transitions` uses them as the
-next-action weights (the stochastic form of the notes).
+next-action weights (the stochastic form on the theory page).
 
 Shapes: n states, o observation features, a action features, A actions.
 """

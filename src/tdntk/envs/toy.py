@@ -3,7 +3,7 @@
 The state is one number s; the only action moves it to ``s' = s + 0.25``.
 
 **The reading we implement.** The paper states the rules three ways that do
-not agree at s in [1, 1.25) (notes, "Known loose ends"): sec. 5.1 pays a
+not agree at s in [1, 1.25) (theory page, "Known loose ends"): sec. 5.1 pays a
 reward "when the action results in a new state that exceeds s = 1"; app. D.1
 writes ``r(s) = 1 if s in [1, 1.25)`` and ends the episode "when s' >= 1.25";
 fig. 5 ends it on "an action taken from s >= 1"; and both sections give the
@@ -141,7 +141,7 @@ def toy_transitions(states, gamma: float = 1.0) -> Transitions:
     """One transition from each state, produced by stepping `ToyChainEnv`.
 
     Input features are the state itself (d = 1; the single action needs no
-    encoding). Terminated transitions get discount 0 (notes, Conventions).
+    encoding). Terminated transitions get discount 0 (theory page, Conventions).
 
     Args:
         states: (n,) start states.

@@ -16,7 +16,7 @@ reduced coordinates of `tdntk.reduced` (p groups):
   Arnoldi basis (`matfree.decomp.hessenberg`), phi_1 of the small Hessenberg
   matrix by the augmented exponential with squaring; discrete time: the sum
   of powers of the step map of eq. 12 the same way. t = inf: GMRES
-  (`lineax.GMRES`) on the projected system ``(A - S) a = U^T r`` (notes:
+  (`lineax.GMRES`) on the projected system ``(A - S) a = U^T r`` (theory page:
   the minimum-norm TD fixed point), preconditioned by the factor of A.
   Each Krylov basis grows (doubling) until the answer changes by less than
   `tol` relative between its last two sizes; CG and GMRES stop at relative
