@@ -33,6 +33,8 @@ from .empirical import (
 )
 from .nets import MLP
 from .predict import TDNTK, Prediction, critical_learning_rate
+from .solvers.choice import Krylov
+from .solvers.krylov import ConvergenceWarning
 from .training import EnsembleResult, init_ensemble, train_ensemble
 
 __all__ = [
@@ -49,6 +51,8 @@ __all__ = [
     "critical_learning_rate",
     "TDNTK",
     "Prediction",
+    "Krylov",
+    "ConvergenceWarning",
     "LearningRateWarning",
     "DivergenceWarning",
     "train_ensemble",
