@@ -356,8 +356,8 @@ class TDDynamics:
         schedule: learning rate, target, time and loss.
 
     Warns:
-        `LearningRateWarning` above the critical rate of eq. 11 or 2 / l_max;
-        `DivergenceWarning` when the dynamics diverge (t = inf is then NaN).
+        LearningRateWarning: above the critical rate of eq. 11 or 2 / l_max.
+        DivergenceWarning: when the dynamics diverge (t = inf is then NaN).
 
     Attributes:
         basis: (p, r) orthonormal basis of the driving kernel's numerical range.

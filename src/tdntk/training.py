@@ -352,11 +352,12 @@ def train_ensemble(
     Returns:
         `EnsembleResult`.
     Warns:
-        `LearningRateWarning` when the learning rate exceeds the critical rate (eq. 11)
-        of the analytic NTK on `data`, and `DivergenceWarning` when the linearised
-        discrete dynamics diverge (TD with a target network can at any rate);
-        checked up to `_RATE_CHECK_MAX_INPUTS` kernel inputs (1,024 transitions
-        for 0 < tau < 1, whose check is a (2n, 2n) eigenproblem).
+        LearningRateWarning: when the learning rate exceeds the critical rate (eq. 11)
+            of the analytic NTK on `data`.
+        DivergenceWarning: when the linearised discrete dynamics diverge (TD with a
+            target network can at any rate). Both are checked up to
+            `_RATE_CHECK_MAX_INPUTS` kernel inputs (1,024 transitions
+            for 0 < tau < 1, whose check is a (2n, 2n) eigenproblem).
     """
     steps, members, x_eval, hard_update_every = _check_arguments(
         net, data, schedule, steps, members, x_eval, hard_update_every, resume, checkpoint_dir

@@ -191,8 +191,8 @@ def train_cartpole_policy(
         eval_episodes: episodes of the final report (`PolicyTraining.returns`).
         time_limit: CartPole-v1's 500 steps.
         failure_horizon: cap of the time-to-failure episodes.
-        init_std, extra_std: initial std of the search distribution, and the
-            std added at each refit (keeps the search from collapsing).
+        init_std: initial std of the search distribution.
+        extra_std: std added at each refit (keeps the search from collapsing).
     """
     if not 0 < elite_fraction <= 1:
         raise ValueError(f"elite_fraction must lie in (0, 1], got {elite_fraction!r}")
