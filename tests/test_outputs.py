@@ -227,7 +227,7 @@ def test_a_failure_before_any_saved_work_leaves_nothing(tmp_path):
 def test_ctrl_c_during_ensemble_training_prints_the_command_that_resumes(tmp_path, monkeypatch):
     data = _dataset(tmp_path / "d.npz")
     args = ["evaluate", "--data", data, "--t", 40, "--ensemble", 2, "--width", 16,
-            "--no-progress", "--checkpoint-every-s", "inf"]  # fmt: skip
+            "--learning-rate", 0.05, "--no-progress", "--checkpoint-every-s", "inf"]  # fmt: skip
     r = _run(args + ["--out", tmp_path / "fresh"])
     assert r.exit_code == 0, r.output
     real_compiled = training._compiled
@@ -260,6 +260,7 @@ def test_ctrl_c_during_ensemble_training_prints_the_command_that_resumes(tmp_pat
     assert options == {
         "--data": str(data), "--out": str(out), "--checkpoint-every-s": "inf",
         "--no-progress": None, "--t": "40.0", "--width": "16", "--ensemble": "2",
+        "--learning-rate": "0.05",
     }  # fmt: skip
     (ckpt,) = (out / "checkpoints" / "train").glob("ensemble-*/checkpoint.npz")
     with np.load(ckpt) as f:
@@ -269,4 +270,6 @@ def test_ctrl_c_during_ensemble_training_prints_the_command_that_resumes(tmp_pat
     assert r.exit_code == 0, r.output
     fresh = (tmp_path / "fresh" / "values.csv").read_text()
     assert (out / "values.csv").read_text() == fresh  # resumed = uninterrupted, to the digit
+    ensemble = np.loadtxt(out / "values.csv", delimiter=",", skiprows=1)[:, -2:]
+    assert np.all(np.isfinite(ensemble)) and np.all(ensemble[:, 1] > 0)
     assert not (out / "checkpoints").exists() and os.listdir(out) != []

@@ -311,14 +311,15 @@ class OutputFolder:
         while not probe.exists() and probe != probe.parent:
             missing.append(probe)
             probe = probe.parent
+        self._created = missing  # deepest first: removed again if the run leaves nothing
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
+            self._release()
             raise OutputError(
                 f"{self.flag} {self.path}: cannot create the folder "
                 f"({err.strerror or err}); choose another path"
             ) from None
-        self._created = missing
 
     def _take_lock(self) -> None:
         self.checkpoints.mkdir(exist_ok=True)

@@ -632,6 +632,7 @@ COMMAND = Command(
         "TD-NTK (finite and infinite width) against Monte Carlo returns, over several seeds; "
         "writes table.md/table.csv, figures and report.md to --out. '--preset quick' takes "
         "about 5 min on a quiet 2-core CPU; '--preset paper' is GPU-scale and prints a projected "
-        "time first; '--preset tiny' takes seconds."
+        "time first; '--preset tiny' takes seconds. Rerunning the same command resumes an "
+        "interrupted run; --out must be new, empty or an earlier result."
     ),
 )

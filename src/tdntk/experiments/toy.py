@@ -713,6 +713,7 @@ COMMAND = Command(
         "The toy chain (paper section 5.1, appendix D.1): closed form vs trained ensembles, "
         "figures 1-4, 6, 7 and a width sweep, with report.md in --out. "
         "'--preset quick' takes minutes on a CPU; '--preset paper' uses the paper's "
-        "settings (hours on a CPU; prints a projected time first)."
+        "settings (hours on a CPU; prints a projected time first). Rerunning the same "
+        "command resumes an interrupted run; --out must be new, empty or an earlier result."
     ),
 )
