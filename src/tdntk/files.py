@@ -257,7 +257,8 @@ class OutputFolder:
                     f"{flag} {path} is not empty and holds no tdntk result (it has "
                     f"{_preview(names)}); tdntk writes only into a new or empty folder or over "
                     f"its own earlier result, and never deletes files it did not write: choose "
-                    f"another {flag}"
+                    f"another {flag} (results of tdntk versions without {MANIFEST_NAME} are not "
+                    "recognised: move them away)"
                 )
             return None
         manifest = _read_manifest(path / MANIFEST_NAME, flag)
