@@ -11,6 +11,7 @@ import gymnasium
 import numpy as np
 import pytest
 
+from tdntk.experiments import cartpole
 from tdntk.experiments.cartpole import METHODS, PRESETS, SPLITS, make_dataset, run
 from tdntk.experiments.cartpole_policy import LinearPolicy, train_cartpole_policy
 
@@ -123,6 +124,48 @@ def test_tiny_pipeline(tiny_pipeline):
         + report.count("**partly**")
         >= 4
     )
+
+
+def test_stopped_run_resumes_to_the_same_files(tiny_pipeline, tmp_path, monkeypatch, capsys):
+    """A run killed in seed 1's linearisations keeps the finished stages; rerun, it computes
+    only that stage and writes the uninterrupted run's files (CSVs byte for byte but for the
+    wall-time column, predictions array for array)."""
+    cfg, _, ref = tiny_pipeline
+    out = tmp_path / "out"
+    cfg = dataclasses.replace(cfg, out=str(out))
+    real, calls = cartpole._linearised, []
+
+    def linearised_then_kill(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # seed 1
+            raise RuntimeError("killed (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cartpole, "_linearised", linearised_then_kill)
+    with pytest.raises(RuntimeError, match="simulated"):
+        run(cfg)
+    monkeypatch.undo()
+    done = sorted(p.stem for p in (out / "checkpoints" / "stages").glob("*.npz"))
+    assert len(done) == 10 and "seed1-lin" not in done
+    capsys.readouterr()
+    run(cfg)
+    log = capsys.readouterr().out
+    assert all(f"stage {name}: done earlier" in log for name in done), log
+    assert "stage seed1-lin: done in" in log
+    stages = json.loads((out / "stages.json").read_text())["stages"]
+    assert [s["name"] for s in stages if s["run"] == "this"] == ["seed1-lin"]
+
+    for name in ("scores.csv", "policy.json"):  # table.md shows wall times
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    for got, want in zip(_csv(out / "table.csv"), _csv(ref / "table.csv"), strict=True):
+        got.pop("wall_time_s"), want.pop("wall_time_s")
+        assert got == want
+    for seed in range(cfg.seeds):
+        name = f"predictions_seed{seed}.npz"
+        with np.load(out / name) as a, np.load(ref / name) as b:
+            assert a.files == b.files
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def _terminated(cfg, seed):

@@ -66,7 +66,13 @@ def test_cli_round_trip_cartpole_behaviour_policy(tmp_path):
     r = _run(["evaluate", "--data", data_path, "--gamma", 0.9, "--t", 1000, "--out", out,
               "--plot-coordinate", 2, "--no-progress"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in out.iterdir()) == ["summary.json", "values.csv", "values.png"]
+    # the results and tdntk's manifest of what it wrote; no checkpoints/ left after success
+    assert sorted(p.name for p in out.iterdir()) == [
+        "summary.json", "tdntk-manifest.json", "values.csv", "values.png",
+    ]  # fmt: skip
+    manifest = json.loads((out / "tdntk-manifest.json").read_text())
+    assert manifest["command"] == "evaluate" and manifest["status"] == "complete"
+    assert manifest["files"] == ["summary.json", "values.csv", "values.png"]
     assert (out / "values.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     values = _read_csv(out / "values.csv")
     summary = json.loads((out / "summary.json").read_text())
@@ -365,7 +371,8 @@ def test_failure_while_writing_leaves_previous_output_untouched(tmp_path, monkey
         raise OSError("disk full (simulated)")
 
     monkeypatch.setattr(tdntk.report.evaluate, "write_json", broken)
-    r = _run(["evaluate", "--data", data, "--t", "0", "--out", out, "--no-progress"])
+    r = _run(["evaluate", "--data", data, "--t", "0", "--out", out, "--no-progress",
+              "--overwrite"])  # fmt: skip
     assert r.exit_code == 1 and "disk full (simulated)" in r.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert _leftovers(tmp_path) == []
@@ -382,7 +389,7 @@ def test_docs_python_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(blocks[0], "docs/datasets.md[python]", "exec"), {})
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
-        "summary.json", "values.csv", "values.png",
+        "summary.json", "tdntk-manifest.json", "values.csv", "values.png",
     ]  # fmt: skip
     assert load_npz(tmp_path / "cartpole.npz").n == 128
 

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import tdntk
 from tdntk.cli import main
+from tdntk.experiments import toy
 from tdntk.experiments.toy import PRESETS, ToyConfig
 
 FIGURE_COLUMNS = {
@@ -145,6 +146,59 @@ def test_ensemble_numbers_agree_across_files(tiny_run):
     f1 = _read_csv(out / "fig1_linearisation.csv")
     assert f1["step"][0] == 0 and f1["param_distance"][0] == 0 and f1["param_rmse"][0] == 0
     assert f1["function_rmse"][0] < 1e-5
+
+
+def test_stopped_run_resumes_to_the_same_files_and_skips_finished_stages(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    """A run killed in the width sweep (after the width-8 training's last checkpoint, before its
+    Lin. (MC)) keeps every finished stage and that checkpoint; rerun, it computes only the
+    width-8 stage (its training resumed from the checkpoint) and writes the uninterrupted
+    run's data files: CSVs byte for byte, results.npz array for array."""
+    ref, _ = tiny_run
+    out = tmp_path / "run"
+    cfg = dataclasses.replace(PRESETS["tiny"], out=str(out))
+    real, calls = toy.lin_mc, []
+
+    def lin_mc_then_kill(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the first is the Lin. (MC) stage; the second is inside width_8
+            raise RuntimeError("killed (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(toy, "lin_mc", lin_mc_then_kill)
+    with pytest.raises(RuntimeError, match="simulated"):
+        toy.run(cfg)
+    monkeypatch.undo()
+    manifest = json.loads((out / "tdntk-manifest.json").read_text())
+    assert manifest["status"] == "stopped" and manifest["files"] == []
+    done = sorted(p.stem for p in (out / "checkpoints" / "stages").glob("*.npz"))
+    assert done == sorted(["projection", "analytic", "ensemble", "fig1", "lin_mc",
+                           "target_tau_0.1", "target_tau_1"])  # fmt: skip
+    assert len(list((out / "checkpoints" / "train").glob("width_8-*/checkpoint.npz"))) == 1
+
+    capsys.readouterr()
+    toy.run(cfg)
+    log = capsys.readouterr().out
+    assert all(f"stage {name}: done earlier" in log for name in done), log
+    assert "stage width_8: width sweep: width 8" in log and "stage width_8: done in" in log
+    stages = json.loads((out / "stages.json").read_text())["stages"]
+    assert {s["name"]: s["run"] for s in stages} == {**dict.fromkeys(done, "earlier"),
+                                                     "width_8": "this"}  # fmt: skip
+    assert not (out / "checkpoints" / "train").exists()  # removed once complete
+
+    csvs = sorted(p.name for p in ref.glob("*.csv"))
+    assert len(csvs) == 12 and csvs == sorted(p.name for p in out.glob("*.csv"))
+    for name in csvs:
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    with np.load(ref / "results.npz") as a, np.load(out / "results.npz") as b:
+        assert a.files == b.files
+        for key in a.files:
+            np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+    got, want = (json.loads((d / "summary.json").read_text()) for d in (out, ref))
+    for s in (got, want):
+        s.pop("wall_time_seconds"), s["settings"].pop("out")
+    assert got == want
 
 
 def test_cli_help_lists_the_config_fields():

@@ -167,6 +167,82 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
         )  # fmt: skip
 
 
+def _assert_same_run(got, want):
+    """Bit-for-bit equal records and final parameters."""
+    for name in ("steps", "q", "loss", "param_distance", "param_rms"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mid_chunk_wall_clock_checkpoint_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """Interrupted right after a wall-clock checkpoint between two record points, resumed with
+    another split of steps into compiled calls: equal to an uninterrupted run, bit for bit."""
+    data, x_eval = make_problem(seed=2)  # the problem and schedule above: compiled once
+    kwargs = dict(hard_update_every=5, record_steps=[30], progress=False, seed=2)
+    schedule = Schedule(0.05, SoftTarget(0.2))
+    full = train_ensemble(SMALL, data, schedule, 40, 2, x_eval, **kwargs)
+
+    real_write = training_module._write_checkpoint
+    written = []
+
+    def write_then_fail(path, fingerprint, step, *args, **kw):
+        real_write(path, fingerprint, step, *args, **kw)
+        written.append(step)
+        if step == 11:  # calls of 8, 1, 1, 1 steps: between the records at 0 and 30
+            raise RuntimeError("killed (simulated)")
+
+    monkeypatch.setattr(training_module, "_SECONDS_PER_CALL", 1e-9)  # 1 step per call
+    monkeypatch.setattr(training_module, "_write_checkpoint", write_then_fail)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train_ensemble(SMALL, data, schedule, 40, 2, x_eval, checkpoint_dir=tmp_path,
+                       checkpoint_every_s=0, **kwargs)  # fmt: skip
+    assert written == list(range(12))  # every call checkpoints with an interval of 0
+    with np.load(tmp_path / "checkpoint.npz") as f:
+        assert int(f["step"]) == 11 and f["rec_steps"].tolist() == [0]
+    monkeypatch.undo()  # resume with the usual calls of ~1 s (here: the remaining 29 at once)
+    resumed = train_ensemble(SMALL, data, schedule, 40, 2, x_eval, checkpoint_dir=tmp_path,
+                             resume=True, **kwargs)  # fmt: skip
+    _assert_same_run(resumed, full)
+    assert np.max(np.abs(full.q[-1] - full.q[0])) > 1e-3  # training moved the outputs
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """SIGINT during a compiled call: training stops after it with a checkpoint (no record
+    point there, no interval due) and KeyboardInterrupt; resuming gives the uninterrupted run."""
+    import signal
+
+    data, x_eval = make_problem(seed=4)
+    kwargs = dict(record_steps=[32], progress=False, seed=1, checkpoint_every_s=float("inf"))
+    schedule = Schedule(0.05)
+    full = train_ensemble(SMALL, data, schedule, 48, 2, x_eval, **kwargs)
+    real_compiled = training_module._compiled
+    calls = []
+
+    def compiled(spec, devices):
+        fn = real_compiled(spec, devices)
+
+        def chunk(*args):
+            calls.append(int(args[5]))
+            if len(calls) == 4:
+                signal.raise_signal(signal.SIGINT)  # Ctrl-C during the call of step 3
+            return fn(*args)
+
+        return chunk
+
+    monkeypatch.setattr(training_module, "_compiled", compiled)
+    monkeypatch.setattr(training_module, "_SECONDS_PER_CALL", 1e-9)
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 3 of 48"):
+        train_ensemble(SMALL, data, schedule, 48, 2, x_eval, checkpoint_dir=tmp_path, **kwargs)
+    assert calls == [0, 1, 1, 1]  # the record at step 0, then one step per call
+    with np.load(tmp_path / "checkpoint.npz") as f:
+        assert int(f["step"]) == 3 and f["rec_steps"].tolist() == [0]
+    monkeypatch.undo()
+    resumed = train_ensemble(SMALL, data, schedule, 48, 2, x_eval, checkpoint_dir=tmp_path,
+                             resume=True, **kwargs)  # fmt: skip
+    _assert_same_run(resumed, full)
+
+
 def test_gap_to_linearisation_shrinks_with_width():
     """Issue point 3: ||Q_nn - Q_lin|| at fixed lr and steps falls with width (mean of 3 seeds).
 

@@ -15,8 +15,10 @@ the Python API:
 
 Commands are imported lazily, so ``tdntk --help`` stays fast and a broken
 optional dependency only affects its own command. Bad input (a setting the
-config refuses, a missing file, an import error of a user's policy) ends in
-a one-line error, never a traceback.
+config refuses, a missing file, an import error of a user's policy, an
+output folder tdntk may not write into) ends in a one-line error, never a
+traceback. Ctrl-C ends with exit status 130 and, when the run saved work in
+its output folder, the exact command that resumes it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import shlex
 import sys
 import types
 import typing
@@ -35,6 +38,7 @@ except ImportError:  # the closed-form core is installed without the command lin
     raise SystemExit(
         "the tdntk command needs the 'experiments' extra: pip install 'tdntk[experiments]'"
     ) from None
+from click.core import ParameterSource  # noqa: E402
 
 from .experiments.command import Command
 
@@ -205,12 +209,43 @@ def config_command(name: str, command: Command) -> click.Command:
             raise click.UsageError(str(err)) from None
         try:
             return command.run(cfg)
+        except KeyboardInterrupt as err:
+            ctx = click.get_current_context()
+            click.echo(_interrupted(ctx, err), err=True)
+            ctx.exit(130)
         except INPUT_ERRORS as err:
             raise click.ClickException(str(err)) from None
 
     return click.Command(
         name, params=params, callback=callback, help=command.help, short_help=SHORT_HELP.get(name)
     )
+
+
+def _interrupted(ctx: click.Context, err: KeyboardInterrupt) -> str:
+    """What Ctrl-C left: the saved work and the command that resumes it, or nothing."""
+    if not getattr(err, "saved", False):
+        return "\nInterrupted; nothing was saved."
+    return (
+        f"\nInterrupted; the work done so far is saved in {err.out}. To resume, run the same "
+        f"command again:\n  {resume_command(ctx)}"
+    )
+
+
+def resume_command(ctx: click.Context) -> str:
+    """The command line of `ctx` with the options the user gave (``--overwrite`` dropped, so
+    that rerunning it resumes instead of starting afresh), shell-quoted."""
+    words = ["tdntk", ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        given = ctx.get_parameter_source(param.name) not in (None, ParameterSource.DEFAULT)
+        if param.name == "overwrite" or not given or value is None or value == ():
+            continue
+        if isinstance(param, click.Option) and param.secondary_opts:  # --flag/--no-flag
+            words.append(param.opts[0] if value else param.secondary_opts[0])
+            continue
+        for v in value if isinstance(value, tuple) else (value,):
+            words += [param.opts[0], repr(v) if isinstance(v, float) else str(v)]
+    return shlex.join(words)
 
 
 def _build(cls, given: Mapping[tuple[str, ...], object]):

@@ -22,8 +22,15 @@ inside the compiled call, each running its chunk of steps; faster on CPU,
 where batched matmuls lose efficiency); ``"auto"`` picks "map" on CPU and
 "vmap" elsewhere (see ``benchmarks/bench_training.py``).  Steps run in compiled
 loops between record points (the trip count is a runtime argument, so one
-compilation serves every chunk).  Members shard over all JAX devices with
+compilation serves every chunk, and how steps are split into calls does not
+change the arithmetic).  Members shard over all JAX devices with
 `jax.shard_map` (padded to a multiple of the device count).
+
+With a ``checkpoint_dir`` the state and records are written atomically at
+every record point and every ``checkpoint_every_s`` seconds of wall time
+(between two compiled calls, so mid-chunk), and Ctrl-C (SIGINT) stops after
+the current call with a checkpoint; ``resume=True`` continues from it to the
+same numbers, bit for bit, as an uninterrupted run.
 
 Shapes: n transitions, k next inputs per transition, d features, m evaluation
 inputs, E members, R record points.
@@ -36,6 +43,9 @@ import dataclasses
 import functools
 import hashlib
 import json
+import signal
+import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -60,6 +70,7 @@ from .reduced import reduce_transitions
 from .solvers.dense import spectrum_from_ntk
 
 __all__ = [
+    "CHECKPOINT_EVERY_S",
     "EnsembleResult",
     "MEMBER_MAPS",
     "default_record_steps",
@@ -70,6 +81,8 @@ __all__ = [
 
 MEMBER_MAPS = ("auto", "vmap", "map")
 CHECKPOINT_NAME = "checkpoint.npz"
+CHECKPOINT_EVERY_S = 120.0
+"""Default seconds of wall time between checkpoints (besides those at record points)."""
 # Wall time one compiled call should take, so that the progress bar moves and an
 # interruption loses little; results do not depend on how steps are split.
 _SECONDS_PER_CALL = 1.0
@@ -322,6 +335,7 @@ def train_ensemble(
     progress: bool = True,
     params0=None,
     member_map: str = "auto",
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
 ) -> EnsembleResult:
     """Train E members by full-batch TD gradient descent and record them (module docstring).
 
@@ -343,14 +357,19 @@ def train_ensemble(
         record_params: also keep the parameters at every record point.
         dtype: float32 (default) or float64 (run in a local ``jax.enable_x64`` scope).
         checkpoint_dir: if given, the state and records are written there
-            atomically at every record point.
+            atomically (``checkpoint.npz``) at every record point and every
+            `checkpoint_every_s` seconds; Ctrl-C then saves one before stopping.
         resume: continue from the checkpoint in `checkpoint_dir` (if there is
             one); the settings must match, and the numbers equal an uninterrupted run.
         progress: show a tqdm bar with steps/s.
         params0: initial parameters (leaves with a leading (E,) axis) instead of `seed`.
         member_map: "auto", "vmap" or "map" (module docstring).
+        checkpoint_every_s: seconds of wall time between checkpoints (>= 0; 0: after
+            every compiled call, inf: only at record points).
     Returns:
         `EnsembleResult`.
+    Raises:
+        KeyboardInterrupt: on Ctrl-C, after the checkpoint (with a `checkpoint_dir`).
     Warns:
         LearningRateWarning: when the learning rate exceeds the critical rate (eq. 11)
             of the analytic NTK on `data`.
@@ -362,6 +381,10 @@ def train_ensemble(
     steps, members, x_eval, hard_update_every = _check_arguments(
         net, data, schedule, steps, members, x_eval, hard_update_every, resume, checkpoint_dir
     )
+    if not checkpoint_every_s >= 0:
+        raise ValueError(
+            f"checkpoint_every_s must be >= 0 (inf allowed), got {checkpoint_every_s!r}"
+        )
     record_steps = _check_record_steps(record_steps, steps)
     _warn_learning_rate(net, data, schedule)
     target = schedule.target
@@ -385,9 +408,10 @@ def train_ensemble(
             dtype=str(dtype),
         )  # fmt: skip
         fingerprint = _fingerprint(spec, settings, data, x_eval, params0)
+        saving = _Saving(checkpoint_dir, fingerprint, float(checkpoint_every_s), resume)
         return _train(
             spec, data, steps, members, x_eval, record_steps, record_params, dtype,
-            checkpoint_dir, resume, progress, params0, fingerprint,
+            saving, progress, params0,
         )  # fmt: skip
 
 
@@ -516,9 +540,57 @@ def _to_numpy(tree, members):
     return jax.tree.map(lambda a: np.asarray(a)[:members], tree)
 
 
+@dataclass
+class _Saving:
+    """Where and when `_train` checkpoints: ``checkpoint_dir/checkpoint.npz`` (None: never)."""
+
+    checkpoint_dir: object
+    fingerprint: str
+    every_s: float
+    resume: bool
+
+    @property
+    def path(self) -> Path | None:
+        return None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / CHECKPOINT_NAME
+
+
+class _DeferredInterrupt:
+    """While active (main thread, Python's default SIGINT handler), a first Ctrl-C only sets
+    `requested`: training stops after the current compiled call, with a checkpoint. A
+    second Ctrl-C interrupts at once."""
+
+    def __init__(self, active: bool):
+        self.requested = False
+        self._previous = None
+        self._active = active
+
+    def __enter__(self):
+        if (
+            self._active
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+        print(
+            "\n[tdntk] Ctrl-C: saving a checkpoint after the current chunk of steps "
+            "(Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def _train(
     spec, data, steps, members, x_eval, record_steps, record_params, dtype,
-    checkpoint_dir, resume, progress, params0, fingerprint,
+    saving: _Saving, progress, params0,
 ):  # fmt: skip
     from tqdm.auto import tqdm
 
@@ -534,10 +606,10 @@ def _train(
     params, tgt = params0, (params0 if has_target else ())
     records = _Records([], [], [], [], [], [] if record_params else None)
     step, wall_before = 0, 0.0
-    ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
-    if resume and ckpt.exists():
+    ckpt = saving.path
+    if saving.resume and ckpt.exists():
         step, params, tgt, records, wall_before = _load_checkpoint(
-            ckpt, fingerprint, treedef, has_target, record_params, padded, dtype
+            ckpt, saving.fingerprint, treedef, has_target, record_params, padded, dtype
         )
 
     if len(devices) > 1:
@@ -551,35 +623,47 @@ def _train(
         if records.history is not None:
             records.history.append([np.asarray(a)[:members] for a in jax.tree.leaves(params)])
 
-    start_time = time.perf_counter()
+    start_time = saved_at = time.perf_counter()
     bar = tqdm(total=steps, initial=step, unit="step", disable=not progress, desc="TD training")
     rate = None  # steps per second, measured
     try:
-        for at in record_steps:
-            if at < step or (at == step and step in records.steps):
-                continue
-            while True:  # at least one call: n = 0 only evaluates the records
-                # the first call compiles: keep it short; then aim at _SECONDS_PER_CALL
-                n = 8 if rate is None else int(rate * _SECONDS_PER_CALL)
-                n = int(np.clip(n, 1, at - step)) if at > step else 0
-                tick = time.perf_counter()
-                last = step + n == at
-                (params, tgt), rec = chunk_fn(
-                    (params, tgt), params0, batch, x_eval_dev, jnp.int32(step), jnp.int32(n),
-                    jnp.bool_(last),
-                )  # fmt: skip
-                jax.block_until_ready(params)
-                rate = max(n, 1) / max(time.perf_counter() - tick, 1e-9)
-                step += n
-                bar.update(n)
-                if last:
-                    break
-            record(int(at), rec)
-            if ckpt is not None:
-                _write_checkpoint(
-                    ckpt, fingerprint, step, params, tgt, params0, records, members,
-                    wall_before + time.perf_counter() - start_time,
-                )  # fmt: skip
+        with _DeferredInterrupt(ckpt is not None) as interrupt:
+            for at in record_steps:
+                if at < step or (at == step and step in records.steps):
+                    continue
+                while True:  # at least one call: n = 0 only evaluates the records
+                    # the first call compiles: keep it short; then aim at _SECONDS_PER_CALL
+                    n = 8 if rate is None else int(rate * _SECONDS_PER_CALL)
+                    n = int(np.clip(n, 1, at - step)) if at > step else 0
+                    tick = time.perf_counter()
+                    last = step + n == at
+                    (params, tgt), rec = chunk_fn(
+                        (params, tgt), params0, batch, x_eval_dev, jnp.int32(step),
+                        jnp.int32(n), jnp.bool_(last),
+                    )  # fmt: skip
+                    jax.block_until_ready(params)
+                    rate = max(n, 1) / max(time.perf_counter() - tick, 1e-9)
+                    step += n
+                    bar.update(n)
+                    if last:
+                        record(int(at), rec)
+                    now = time.perf_counter()
+                    due = last or interrupt.requested or now - saved_at >= saving.every_s
+                    if ckpt is not None and due:
+                        _write_checkpoint(
+                            ckpt, saving.fingerprint, step, params, tgt, records, members,
+                            wall_before + now - start_time,
+                        )  # fmt: skip
+                        saved_at = time.perf_counter()
+                    if interrupt.requested:
+                        raise KeyboardInterrupt(
+                            f"train_ensemble: stopped at step {step} of {steps}; checkpoint "
+                            f"saved in {ckpt} (resume=True continues from it)"
+                        )
+                    if last:
+                        break
+            if interrupt.requested:  # Ctrl-C after the last checkpoint: the run is complete
+                raise KeyboardInterrupt(f"train_ensemble: finished; checkpoint saved in {ckpt}")
     finally:
         bar.close()
     wall = wall_before + time.perf_counter() - start_time
@@ -602,14 +686,18 @@ def _train(
 
 
 # ---------------------------------------------------------------------- checkpoints
-def _write_checkpoint(path, fingerprint, step, params, tgt, params0, records, members, wall):
-    """Write the state and the records so far atomically (tdntk.files.save_npz)."""
+def _write_checkpoint(path, fingerprint, step, params, tgt, records, members, wall):
+    """Write the state and the records so far atomically (tdntk.files.save_npz).
+
+    The initial parameters are not saved: a resumed run rebuilds them, and the
+    fingerprint holds their digest.
+    """
     arrays = {
         "fingerprint": np.array(fingerprint),
         "step": np.array(step, np.int64),
         "wall_time": np.array(wall),
     }
-    for name, tree in (("params", params), ("target", tgt), ("params0", params0)):
+    for name, tree in (("params", params), ("target", tgt)):
         for i, leaf in enumerate(jax.tree.leaves(tree)):
             arrays[f"{name}_{i}"] = np.asarray(leaf)[:members]
     arrays.update(records.arrays())

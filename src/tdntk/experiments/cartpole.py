@@ -36,8 +36,12 @@ Top to bottom, for each seed s (dataset and initialisations), after one policy:
 5. **Scores** (`tdntk.metrics`): RMSE of the mean, Gaussian NLL (ensembles: a
    Gaussian fitted to the members), 68 %/95 % coverage, CRPS; wall times.
 
-`run(cfg)` writes table.md/table.csv, figures and report.md to ``cfg.out``
-(`tdntk.report.cartpole`).
+`run(cfg)` writes table.md/table.csv, figures, report.md and stages.json (time
+per stage) to ``cfg.out`` (`tdntk.report.cartpole`). The policy, and per seed
+the ground truth, the closed form, each training and the linearisations, are
+stages (`tdntk.experiments.stages`): saved under ``<out>/checkpoints`` when
+done, the trainings checkpointing every ``checkpoint_every_s`` seconds, so
+rerunning the same command resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -58,12 +62,14 @@ from ..datasets.policies import sample_actions
 from ..dynamics import DivergenceWarning, LearningRateWarning, Schedule
 from ..empirical import linearised_ensemble
 from ..envs.cartpole import MonteCarloReturns, initial_states, monte_carlo_returns
+from ..files import open_output, write_json
 from ..metrics import fit_gaussian, score_gaussian
 from ..nets import MLP
 from ..predict import TDNTK
-from ..training import train_ensemble
+from ..training import CHECKPOINT_EVERY_S, init_ensemble, train_ensemble
 from .cartpole_policy import PolicyTraining, train_cartpole_policy
 from .command import Command
+from .stages import Stages
 
 __all__ = [
     "CartPoleConfig",
@@ -145,6 +151,17 @@ class CartPoleConfig:
     min_std: float = field(
         default=1e-6, metadata=_help("Floor on predictive stds before NLL/CRPS (reported).")
     )
+    overwrite: bool = field(
+        default=False,
+        metadata=_help(
+            "Start afresh, replacing an earlier tdntk result in --out (only files tdntk "
+            "wrote); without it, rerunning the same settings resumes and others are refused."
+        ),
+    )
+    checkpoint_every_s: float = field(
+        default=CHECKPOINT_EVERY_S,
+        metadata=_help("Seconds between training checkpoints (also at recorded steps)."),
+    )
     progress: bool = field(default=True, metadata=_help("Show progress bars."))
 
     def __post_init__(self):
@@ -180,6 +197,11 @@ class CartPoleConfig:
             )
         if not self.min_std > 0:
             raise ValueError(f"CartPoleConfig.min_std must be > 0, got {self.min_std}")
+        if not self.checkpoint_every_s >= 0:
+            raise ValueError(
+                "CartPoleConfig.checkpoint_every_s must be >= 0 seconds, got "
+                f"{self.checkpoint_every_s}"
+            )
 
 
 PRESETS = {
@@ -211,6 +233,18 @@ PRESETS = {
 
 def _log(message: str) -> None:
     print(f"[tdntk cartpole] {message}", flush=True)
+
+
+# fields that do not change the results: not part of the settings that key --out
+_RUN_CONTROL = ("out", "overwrite", "checkpoint_every_s", "progress")
+
+
+def _settings(cfg: CartPoleConfig) -> dict:
+    """The settings that determine the results (JSON-able)."""
+    settings = asdict(cfg)
+    for key in _RUN_CONTROL:
+        settings.pop(key)
+    return settings
 
 
 # ---------------------------------------------------------------------- data and truth
@@ -318,9 +352,8 @@ def _divergence_step(steps, loss) -> int | None:
     return int(steps[rows[0]]) if rows.size else None
 
 
-def _train_nns(cfg, data: Transitions, x_eval, eta, steps, seed):
-
-    start = time.perf_counter()
+def _train_nns(cfg, data: Transitions, x_eval, eta, steps, seed, ckpt=None) -> dict:
+    """The NNs at rate eta: final members q (E, m), recorded steps (R,) and loss (R, E)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # overflow of a diverging run
         # the report gives the rates and where the paper's rate diverges
@@ -328,59 +361,68 @@ def _train_nns(cfg, data: Transitions, x_eval, eta, steps, seed):
         warnings.simplefilter("ignore", DivergenceWarning)
         res = train_ensemble(
             cfg.net, data, Schedule(eta), steps, cfg.members, x_eval, seed=seed,
-            progress=cfg.progress,
+            progress=cfg.progress, checkpoint_dir=ckpt, resume=ckpt is not None,
+            checkpoint_every_s=cfg.checkpoint_every_s,
         )  # fmt: skip
-    return res, time.perf_counter() - start
+    return {"q": res.q[-1], "steps": res.steps, "loss": res.loss}
 
 
-def run_seed(cfg: CartPoleConfig, policy, seed: int) -> SeedResult:
-    """Dataset, ground truth, the methods and their predictions for one seed."""
-    wall = {}
+def run_seed(cfg: CartPoleConfig, policy, seed: int, stages: Stages | None = None) -> SeedResult:
+    """Dataset, ground truth, the methods and their predictions for one seed.
+
+    `stages` saves each part and loads those an earlier run finished (None: save nothing).
+    """
+    stages = Stages(None, _log) if stages is None else stages
     t0 = time.perf_counter()
     data, features, transitions = make_dataset(cfg, policy, seed)
     inputs = eval_inputs(cfg, data, features, policy, seed)
-    wall["dataset"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    truth = monte_carlo_returns(
-        policy, inputs.states, inputs.actions, gamma=cfg.gamma, rollouts=cfg.mc_rollouts,
-        horizon=cfg.mc_horizon, seed=30_000 + seed,
+    wall = {"dataset": time.perf_counter() - t0}
+    name = f"seed{seed}"
+    truth = stages.run(
+        f"{name}-truth", lambda: monte_carlo_returns(
+            policy, inputs.states, inputs.actions, gamma=cfg.gamma, rollouts=cfg.mc_rollouts,
+            horizon=cfg.mc_horizon, seed=30_000 + seed,
+        ), f"Monte Carlo ground truth, {cfg.mc_rollouts} rollouts per input",
     )  # fmt: skip
-    wall["ground truth"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    model, times, predictions = _infinite_width(cfg, transitions, inputs.x)
-    wall["ntk"] = time.perf_counter() - t0
-    eta = model.schedule.learning_rate
+    ntk = stages.run(
+        f"{name}-ntk", lambda: _infinite_width(cfg, transitions, inputs.x), "closed form (eq. 10)"
+    )
+    wall["ground truth"] = stages.seconds(f"{name}-truth")
+    wall["ntk"] = stages.seconds(f"{name}-ntk")
+    eta = ntk["learning_rate"]
+    predictions = dict(ntk["predictions"])
     members, losses, diverged = {}, {}, {}
     runs = (("nn", eta, cfg.steps), ("nn_paper_lr", cfg.paper_learning_rate, cfg.paper_lr_steps))
     for key, rate, steps in runs:
         if steps == 0:
             continue
-        res, wall[key] = _train_nns(cfg, transitions, inputs.x, rate, steps, seed)
-        members[key], predictions[key] = res.q[-1], fit_gaussian(res.q[-1])
-        losses[key], diverged[key] = (res.steps, res.loss), _divergence_step(res.steps, res.loss)
-        if key == "nn":
-            params0 = res.params0
+        stage = f"{name}-{key}"
+        ckpt = stages.checkpoint_dir(stage, _settings(cfg))
+        res = stages.run(
+            stage, lambda r=rate, n=steps, c=ckpt: _train_nns(cfg, transitions, inputs.x, r, n,
+                                                              seed, c),
+            f"{cfg.members} networks, eta = {rate:.3g}, {steps} steps",
+        )  # fmt: skip
+        wall[key] = stages.seconds(stage)
+        members[key], predictions[key] = res["q"], fit_gaussian(res["q"])
+        losses[key] = (res["steps"], res["loss"])
+        diverged[key] = _divergence_step(res["steps"], res["loss"])
     if cfg.linearised:  # finite-width linearisations of the NNs' own initialisations (eq. 8, 5)
-        t0 = time.perf_counter()
-        lin_times = [times["matched"], times["paper"], times["paper_mean"]]
-        q = linearised_ensemble(
-            cfg.net, params0, transitions, inputs.x, lin_times, model.schedule,
-            progress=cfg.progress,
+        q = stages.run(
+            f"{name}-lin", lambda: _linearised(cfg, transitions, inputs.x, ntk, seed),
+            "finite-width linearisations (eq. 8, 5)",
         )  # fmt: skip
         for i, key in enumerate(["lin", "lin_paper", "lin_paper_mean"]):
             members[key], predictions[key] = q[:, i], fit_gaussian(q[:, i])
-        wall["lin"] = time.perf_counter() - t0
-    ev = model.spectrum.eigenvalues
+        wall["lin"] = stages.seconds(f"{name}-lin")
     return SeedResult(
         seed=seed,
         data_summary=_data_summary(cfg, data, features),
         learning_rate=float(eta),
-        critical_learning_rate=float(model.critical_learning_rate),
-        max_stable_learning_rate=float(model.max_stable_learning_rate),
-        eigenvalues=(float(ev[0]), float(ev[-1])),
-        times=times,
+        critical_learning_rate=ntk["critical_learning_rate"],
+        max_stable_learning_rate=ntk["max_stable_learning_rate"],
+        eigenvalues=ntk["eigenvalues"],
+        times=ntk["times"],
         truth=truth,
         inputs=inputs,
         predictions=predictions,
@@ -391,8 +433,20 @@ def run_seed(cfg: CartPoleConfig, policy, seed: int) -> SeedResult:
     )
 
 
-def _infinite_width(cfg: CartPoleConfig, transitions: Transitions, x):
-    """eq. 10 at the NNs' stable rate: (model, times, {method: (mean (m,), std (m,))}).
+def _linearised(cfg: CartPoleConfig, transitions: Transitions, x, ntk: dict, seed: int):
+    """eq. 8 and 5 for the NNs' own initialisations at the three closed-form times: (E, 3, m)."""
+    params0 = init_ensemble(cfg.net, transitions.input_dim, cfg.members, seed)  # the NNs' own
+    times = ntk["times"]
+    return np.asarray(linearised_ensemble(
+        cfg.net, params0, transitions, x, [times["matched"], times["paper"], times["paper_mean"]],
+        Schedule(ntk["learning_rate"]), progress=cfg.progress,
+    ))  # fmt: skip
+
+
+def _infinite_width(cfg: CartPoleConfig, transitions: Transitions, x) -> dict:
+    """eq. 10 at the NNs' stable rate: {"learning_rate": eta, "critical_learning_rate",
+    "max_stable_learning_rate", "eigenvalues": (l_min, l_max) of Theta_bar, "times":
+    {name: t}, "predictions": {method: (mean (m,), std (m,))}}.
 
     Continuous time depends on eta t only, so the paper's eta t is reached at this
     rate too.
@@ -409,7 +463,15 @@ def _infinite_width(cfg: CartPoleConfig, transitions: Transitions, x):
     }
     pred = model.predict(x, list(times.values()), full_cov=False)
     keys = ["ntk", "ntk_paper", "ntk_paper_mean", "ntk_inf"]
-    return model, times, {key: (pred.mean[i], pred.std[i]) for i, key in enumerate(keys)}
+    ev = model.spectrum.eigenvalues
+    return {
+        "learning_rate": float(eta),
+        "critical_learning_rate": float(model.critical_learning_rate),
+        "max_stable_learning_rate": float(model.max_stable_learning_rate),
+        "eigenvalues": (float(ev[0]), float(ev[-1])),
+        "times": times,
+        "predictions": {key: (pred.mean[i], pred.std[i]) for i, key in enumerate(keys)},
+    }
 
 
 def _data_summary(cfg: CartPoleConfig, data, features) -> dict:
@@ -505,44 +567,58 @@ def projected_seconds(cfg: CartPoleConfig, policy) -> float:
     return cfg.seeds * (nn + lin)
 
 
-def simulate(cfg: CartPoleConfig) -> CartPoleResults:
-    """Policy, then every seed; returns the results (writes nothing)."""
-    start = time.perf_counter()
-    policy = train_cartpole_policy(
-        seed=cfg.policy_seed, epsilon=cfg.policy_epsilon, target_return=cfg.policy_target_return
-    )
+def simulate(cfg: CartPoleConfig, stages: Stages | None = None) -> CartPoleResults:
+    """Policy, then every seed; returns the results (writes nothing but `stages`' files).
+
+    `stages` saves each part and loads those an earlier run finished (None: save nothing).
+    """
+    stages = Stages(None, _log) if stages is None else stages
+    policy = stages.run(
+        "policy", lambda: train_cartpole_policy(
+            seed=cfg.policy_seed, epsilon=cfg.policy_epsilon,
+            target_return=cfg.policy_target_return,
+        ), "training the policy (cross-entropy method)",
+    )  # fmt: skip
     _log(
         f"policy: {policy.method}; return {policy.returns.mean():.1f} +- "
         f"{policy.returns.std():.1f} (500-step limit, {policy.returns.size} episodes)"
     )
     if cfg.n_transitions >= 1024 or cfg.steps * cfg.members >= 2**20:
-        projected = projected_seconds(cfg, policy.policy)
+        projected = stages.run(
+            "projection", lambda: projected_seconds(cfg, policy.policy), "timing a short run"
+        )
         _log(f"projected time of NN training and linearisations: {projected / 60:.1f} min")
     seeds, rows = [], []
     for seed in range(cfg.seeds):
-        t0 = time.perf_counter()
-        result = run_seed(cfg, policy.policy, seed)
+        result = run_seed(cfg, policy.policy, seed, stages)
         seeds.append(result)
         rows.extend(score_rows(result, cfg.min_std))
         _log(
             f"seed {seed}: eta = {result.learning_rate:.3g} (critical "
-            f"{result.critical_learning_rate:.3g}), {time.perf_counter() - t0:.0f} s"
+            f"{result.critical_learning_rate:.3g}), {sum(result.wall_times.values()):.0f} s"
         )
-    wall = {"policy": policy.wall_time, "total": time.perf_counter() - start}
+    total = sum(stages.seconds(name) for name in stages.times)  # compute seconds of every stage
+    wall = {"policy": policy.wall_time, "total": total}
     return CartPoleResults(cfg, policy, seeds, rows, wall, dict(METHODS), PRESETS["paper"])
 
 
 def run(cfg: CartPoleConfig) -> CartPoleResults:
-    """Run the experiment, write table, figures and report.md into ``cfg.out``."""
+    """Run the experiment in ``cfg.out`` (resuming an earlier run of the same settings), write
+    table, figures, report.md and stages.json there, print the time per stage."""
     from ..report.cartpole import write_report
 
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    _log(f"settings: {json.dumps(asdict(cfg))}")
-    results = simulate(cfg)
-    report = write_report(results, out)
-    _log(f"report: {report}")
+    with open_output(cfg.out, "cartpole", _settings(cfg), cfg.overwrite) as folder:
+        _log(f"settings: {json.dumps(asdict(cfg))}")
+        if folder.resumed:
+            _log(f"resuming the run in {folder.path} (finished stages are loaded)")
+        stages = Stages(folder, _log)
+        results = simulate(cfg, stages)
+        with folder.staging() as tmp:
+            write_report(results, tmp)
+            write_json(tmp / "stages.json", stages.summary())
+        folder.complete()
+    _log(stages.table())
+    _log(f"report: {Path(cfg.out) / 'report.md'}")
     return results
 
 
@@ -556,6 +632,7 @@ COMMAND = Command(
         "TD-NTK (finite and infinite width) against Monte Carlo returns, over several seeds; "
         "writes table.md/table.csv, figures and report.md to --out. '--preset quick' takes "
         "about 5 min on a quiet 2-core CPU; '--preset paper' is GPU-scale and prints a projected "
-        "time first; '--preset tiny' takes seconds."
+        "time first; '--preset tiny' takes seconds. Rerunning the same command resumes an "
+        "interrupted run; --out must be new, empty or an earlier result."
     ),
 )

@@ -38,11 +38,12 @@ from ..datasets.offline import OfflineData, infer_spaces, load_npz
 from ..datasets.policies import is_stochastic, load_policy
 from ..datasets.spaces import components, has_discrete_leaf, readable_names
 from ..dynamics import Schedule, SoftTarget
+from ..files import arrays_digest, file_digest, open_output, settings_digest
 from ..nets import MLP
 from ..predict import TDNTK
 from ..reduced import reduce_transitions
 from ..solvers.choice import Krylov, dense_bytes, krylov_bytes
-from ..training import train_ensemble
+from ..training import CHECKPOINT_EVERY_S, train_ensemble
 from .command import Command
 
 __all__ = [
@@ -372,6 +373,9 @@ def evaluate(
     policy=None,
     states=None,
     progress: bool = False,
+    checkpoint_dir=None,
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+    log=None,
 ) -> ValueEstimate:
     """Value mean and std per state for `policy` (or the behaviour policy) from `data`.
 
@@ -386,6 +390,10 @@ def evaluate(
         states: (m, o) states to evaluate (needs a policy); default: the data's
             observations (with a policy) or its non-terminal next observations.
         progress: progress bar for the finite ensemble.
+        checkpoint_dir: the finite ensemble's training checkpoints go to a subfolder
+            keyed by its inputs and settings, and resume from there.
+        checkpoint_every_s: seconds between those checkpoints.
+        log: ``log(message)`` announces each stage (None: silent).
     Returns:
         `ValueEstimate`.
     Raises:
@@ -408,19 +416,24 @@ def evaluate(
     )
     timings["data_and_features"] = time.perf_counter() - clock
 
+    say = log or (lambda message: None)
+    say(f"kernels and factorisation: {problem.transitions.n} transitions ...")
     clock = time.perf_counter()
     model, rate = _build_model(cfg, problem.transitions, solver)
     timings["kernels_and_factorisation"] = time.perf_counter() - clock
+    say(f"values of {len(problem.states)} states at t = {cfg.t:g} ...")
     clock = time.perf_counter()
     mean, std = state_values(model, problem.x_test, problem.weights, cfg.t, chunk)
     timings["predict"] = time.perf_counter() - clock
 
     ens_mean = ens_std = ensemble_info = None
     if cfg.ensemble:
+        say(f"training {cfg.ensemble} finite networks for {int(cfg.t)} steps ...")
         clock = time.perf_counter()
         ens_mean, ens_std, ensemble_info = _finite_ensemble(
-            cfg, problem.transitions, rate, problem.x_test, problem.weights, progress
-        )
+            cfg, problem.transitions, rate, problem.x_test, problem.weights, progress,
+            checkpoint_dir, checkpoint_every_s,
+        )  # fmt: skip
         timings["ensemble"] = time.perf_counter() - clock
     timings["total"] = time.perf_counter() - start
     summary = {
@@ -540,13 +553,22 @@ def _policy_label(policy, data: OfflineData) -> str:
     return f"{getattr(policy, '__module__', '?')}:{name} ({kind})"
 
 
-def _finite_ensemble(cfg, transitions, rate, x_test, weights, progress):
-    """E finite networks trained by TD gradient descent (`tdntk.training.train_ensemble`)."""
+def _finite_ensemble(cfg, transitions, rate, x_test, weights, progress, checkpoint_dir=None,
+                     checkpoint_every_s=CHECKPOINT_EVERY_S):  # fmt: skip
+    """E finite networks trained by TD gradient descent (`tdntk.training.train_ensemble`),
+    checkpointing into a subfolder of `checkpoint_dir` keyed by the inputs and settings."""
     m, k, d = x_test.shape
     steps = int(cfg.t)
+    ckpt = None
+    if checkpoint_dir is not None:
+        t = transitions
+        inputs = arrays_digest(t.x, t.reward, t.x_next, t.discount, t.next_weights, x_test, weights)
+        key = [asdict(cfg), float(rate), inputs]
+        ckpt = Path(checkpoint_dir) / f"ensemble-{settings_digest(key)[:12]}"
     result = train_ensemble(
         cfg.net, transitions, cfg.schedule(rate), steps, cfg.ensemble, x_test.reshape(-1, d),
-        seed=cfg.seed, progress=progress, record_steps=[steps],
+        seed=cfg.seed, progress=progress, record_steps=[steps], checkpoint_dir=ckpt,
+        resume=ckpt is not None, checkpoint_every_s=checkpoint_every_s,
     )  # fmt: skip
     q = np.asarray(result.q[-1], dtype=np.float64).reshape(cfg.ensemble, m, k)
     values = np.einsum("emk,mk->em", q, weights)
@@ -603,6 +625,17 @@ class EvaluateCommand:
             "decoded component (state_index for a Discrete space)."
         },
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace an earlier tdntk result in --out that has other settings (only "
+            "files tdntk wrote); without it such a folder is refused."
+        },
+    )
+    checkpoint_every_s: float = field(
+        default=CHECKPOINT_EVERY_S,
+        metadata={"help": "Seconds between checkpoints of the --ensemble training."},
+    )
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
     settings: EvaluateConfig = field(default=EvaluateConfig(), metadata={"help": "Settings."})
 
@@ -630,8 +663,37 @@ def _load_states(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: cannot read as a .npz archive ({err})") from None
 
 
+def _log(message: str) -> None:
+    print(f"[tdntk evaluate] {message}", flush=True)
+
+
+def _command_settings(cmd: EvaluateCommand) -> dict:
+    """What determines the results: the settings and the input files' SHA-256 (JSON-able)."""
+    settings = asdict(cmd)
+    for key in ("out", "overwrite", "checkpoint_every_s", "progress"):
+        settings.pop(key)
+    policy_file = None if cmd.policy is None else cmd.policy.rpartition(":")[0]
+    files = {"data": cmd.data, "states": cmd.states, "policy": policy_file}
+    settings["sha256"] = {
+        k: file_digest(v) for k, v in files.items() if v is not None and Path(v).is_file()
+    }
+    return settings
+
+
 def run(cmd: EvaluateCommand) -> ValueEstimate:
-    """Load the data (and policy, states), evaluate, write the results into ``cmd.out``."""
+    """Load the data (and policy, states), evaluate, write the results into ``cmd.out``
+    (a new or empty folder, or an earlier `tdntk evaluate` result: `tdntk.files.OutputFolder`);
+    an interrupted --ensemble training resumes when the same command is rerun."""
+    policy_file = None if cmd.policy is None else cmd.policy.rpartition(":")[0]
+    inputs = {"--data": cmd.data, "--states": cmd.states, "--policy": policy_file}
+    with open_output(cmd.out, "evaluate", _command_settings(cmd), cmd.overwrite, inputs) as folder:
+        result = _run(cmd, folder)
+        folder.complete()
+    _report(cmd, result)
+    return result
+
+
+def _run(cmd: EvaluateCommand, folder) -> ValueEstimate:
     from ..report.evaluate import write_evaluation  # matplotlib only when writing
 
     policy = None if cmd.policy is None else load_policy(cmd.policy)
@@ -644,12 +706,24 @@ def run(cmd: EvaluateCommand) -> ValueEstimate:
             f"got {cmd.plot_coordinate}"
         )
     states = None if cmd.states is None else _load_states(Path(cmd.states))
-    result = evaluate(data, cmd.settings, policy, states, progress=cmd.progress)
+    result = evaluate(
+        data, cmd.settings, policy, states, progress=cmd.progress,
+        checkpoint_dir=folder.trainings, checkpoint_every_s=cmd.checkpoint_every_s,
+        log=_log if cmd.progress else None,
+    )  # fmt: skip
     if cmd.policy is not None:
         result.summary["policy"] = cmd.policy
     result.summary["data_source"] = str(cmd.data or f"minari:{cmd.minari}")
-    write_evaluation(result, cmd.out, cmd.plot_coordinate)
+    with folder.staging() as tmp:
+        write_evaluation(result, tmp, cmd.plot_coordinate)
+    return result
+
+
+def _report(cmd: EvaluateCommand, result: ValueEstimate) -> None:
+    """Print what was written, the time per stage and warnings."""
     s = result.summary
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in s["timings_s"].items() if k != "total")
+    _log(f"time per stage: {stages}")
     print(
         f"wrote {cmd.out}: {s['states']['count']} states, {s['data']['transitions_used']} "
         f"transitions; estimator {s['estimator']['name']}; {_solver_text(s['solver'])}; "
@@ -668,7 +742,6 @@ def run(cmd: EvaluateCommand) -> ValueEstimate:
             "networks diverged (NaN/inf); lower --learning-rate",
             file=sys.stderr,
         )
-    return result
 
 
 def _solver_text(solver: dict) -> str:

@@ -16,8 +16,13 @@
    width-independent analytic prediction;
 
 then `tdntk.report.toy.write_report` saves the figures, the numbers behind
-them, and report.md in ``--out``. Long trainings checkpoint into
-``<out>/checkpoints`` and resume from there when rerun with the same settings.
+them, report.md and stages.json (time per stage) in ``--out``. Each part is a
+stage (`tdntk.experiments.stages`): its result is saved under
+``<out>/checkpoints/stages`` and its trainings checkpoint under
+``<out>/checkpoints/train`` (every ``checkpoint_every_s`` seconds and at
+recorded steps), so rerunning the same command resumes where it stopped and
+gives the same numbers as an uninterrupted run (`tdntk.files.OutputFolder`
+for what ``--out`` may hold).
 
 Shapes: n transitions, m evaluation states, R recorded steps, E members.
 """
@@ -25,9 +30,7 @@ Shapes: n transitions, m evaluation states, R recorded steps, E members.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +44,12 @@ from ..data import Transitions
 from ..dynamics import Schedule, SoftTarget
 from ..empirical import linearised_ensemble, linearised_q, parameter_trajectory
 from ..envs.toy import dataset_states, toy_transitions, true_values
+from ..files import open_output, write_json
 from ..nets import MLP
 from ..predict import TDNTK
-from ..training import init_ensemble, train_ensemble
+from ..training import CHECKPOINT_EVERY_S, init_ensemble, train_ensemble
 from .command import Command
+from .stages import Stages
 
 __all__ = [
     "ToyConfig",
@@ -107,9 +112,16 @@ class ToyConfig:
     dtype: Literal["float32", "float64"] = field(
         default="float32", metadata=_help("float32 or float64 networks.")
     )
-    resume: bool = field(default=True, metadata=_help("Resume trainings from checkpoints."))
-    keep_checkpoints: bool = field(
-        default=False, metadata=_help("Keep <out>/checkpoints after success.")
+    overwrite: bool = field(
+        default=False,
+        metadata=_help(
+            "Start afresh, replacing an earlier tdntk result in --out (only files tdntk "
+            "wrote); without it, rerunning the same settings resumes and others are refused."
+        ),
+    )
+    checkpoint_every_s: float = field(
+        default=CHECKPOINT_EVERY_S,
+        metadata=_help("Seconds between training checkpoints (also at recorded steps)."),
     )
     progress: bool = field(default=True, metadata=_help("Show progress bars."))
 
@@ -140,6 +152,10 @@ class ToyConfig:
             raise ValueError(f"ToyConfig.taus must be non-empty, each in [0, 1], got {self.taus}")
         if not self.widths or any(w < 1 for w in self.widths):
             raise ValueError(f"ToyConfig.widths must be non-empty positive ints, got {self.widths}")
+        if not self.checkpoint_every_s >= 0:
+            raise ValueError(
+                f"ToyConfig.checkpoint_every_s must be >= 0 seconds, got {self.checkpoint_every_s}"
+            )
 
     @property
     def schedule(self) -> Schedule:
@@ -326,13 +342,21 @@ def _fig1_steps(steps: int) -> np.ndarray:
     return np.unique(np.concatenate([[0], grid[grid <= steps], [steps]]))
 
 
-def _checkpoint_dir(root: Path, part: str, cfg: ToyConfig, **extra) -> Path:
-    """<root>/<part>-<hash of the settings>: changed settings never meet an old checkpoint."""
-    settings = dataclasses.asdict(cfg) | extra
-    for key in ("out", "resume", "keep_checkpoints", "progress"):
+# fields that do not change the results: not part of the settings that key --out
+_RUN_CONTROL = ("out", "overwrite", "checkpoint_every_s", "progress")
+
+
+def _settings(cfg: ToyConfig) -> dict:
+    """The settings that determine the results (JSON-able)."""
+    settings = dataclasses.asdict(cfg)
+    for key in _RUN_CONTROL:
         settings.pop(key)
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    return root / f"{part}-{digest}"
+    return settings
+
+
+def _checkpoint_dir(stages: Stages, part: str, cfg: ToyConfig, **extra) -> Path | None:
+    """The checkpoint folder of stage `part`, keyed by the settings (None: no checkpoints)."""
+    return stages.checkpoint_dir(part, _settings(cfg) | extra)
 
 
 def _first(tree, index: int = 0):
@@ -360,8 +384,9 @@ def _train(cfg, net, data, x, ckpt, target=None, **kwargs):
         seed=cfg.seed,
         dtype=jnp.dtype(cfg.dtype),
         checkpoint_dir=ckpt,
-        resume=cfg.resume,
+        resume=ckpt is not None,
         progress=cfg.progress,
+        checkpoint_every_s=cfg.checkpoint_every_s,
         **kwargs,
     )
 
@@ -398,7 +423,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def linearisation_vs_network(cfg: ToyConfig, data, grid: EvalGrid, ckpt_root) -> Linearisation:
+def linearisation_vs_network(cfg: ToyConfig, data, grid: EvalGrid, stages) -> Linearisation:
     """Fig. 1: train member 0 alone (parameters recorded) and compare with eq. 8 for it."""
     start = time.perf_counter()
     steps = _fig1_steps(cfg.steps)
@@ -407,7 +432,7 @@ def linearisation_vs_network(cfg: ToyConfig, data, grid: EvalGrid, ckpt_root) ->
         cfg.net,
         data,
         grid.x,
-        _checkpoint_dir(ckpt_root, "fig1", cfg),
+        _checkpoint_dir(stages, "fig1", cfg),
         steps=cfg.steps,
         members=1,
         record_steps=steps,
@@ -445,7 +470,7 @@ def lin_mc(cfg: ToyConfig, net: MLP, data, x, inits: int, times) -> np.ndarray:
     )
 
 
-def target_run(cfg: ToyConfig, tau: float, data, grid: EvalGrid, ckpt_root) -> TargetRun:
+def target_run(cfg: ToyConfig, tau: float, data, grid: EvalGrid, stages) -> TargetRun:
     """Fig. 7 for one tau: closed form (eq. 15) and trained primary networks at target_steps."""
     start = time.perf_counter()
     target = SoftTarget(tau)
@@ -456,7 +481,7 @@ def target_run(cfg: ToyConfig, tau: float, data, grid: EvalGrid, ckpt_root) -> T
         cfg.net,
         data,
         grid.x,
-        _checkpoint_dir(ckpt_root, "target", cfg, tau=tau),
+        _checkpoint_dir(stages, f"target_tau_{tau:g}", cfg, tau=tau),
         steps=cfg.target_steps,
         members=cfg.target_members,
         target=target,
@@ -465,7 +490,7 @@ def target_run(cfg: ToyConfig, tau: float, data, grid: EvalGrid, ckpt_root) -> T
     return TargetRun(tau, pred.mean[0], pred.std[0], res.q[-1], time.perf_counter() - start)
 
 
-def width_run(cfg: ToyConfig, width: int, data, grid: EvalGrid, ckpt_root) -> WidthRun:
+def width_run(cfg: ToyConfig, width: int, data, grid: EvalGrid, stages) -> WidthRun:
     """The ensemble (and Lin. (MC)) of one width at t = width_steps."""
     start = time.perf_counter()
     net = dataclasses.replace(cfg.net, width=width)
@@ -474,7 +499,7 @@ def width_run(cfg: ToyConfig, width: int, data, grid: EvalGrid, ckpt_root) -> Wi
         net,
         data,
         grid.x,
-        _checkpoint_dir(ckpt_root, "width", cfg, sweep_width=width),
+        _checkpoint_dir(stages, f"width_{width}", cfg, sweep_width=width),
         steps=cfg.width_steps,
         members=cfg.width_members,
         record_steps=[cfg.width_steps],
@@ -486,97 +511,123 @@ def width_run(cfg: ToyConfig, width: int, data, grid: EvalGrid, ckpt_root) -> Wi
 
 
 # ---------------------------------------------------------------------- the experiment
-def simulate(cfg: ToyConfig, checkpoint_root: Path) -> ToyResults:
-    """Run every part of the experiment (module docstring) and return the numbers."""
-    wall: dict[str, float] = {}
-    start = time.perf_counter()
-    states = dataset_states(cfg.n_states)
-    data = toy_transitions(states, cfg.gamma)
-    grid = EvalGrid.build(states, cfg.n_eval, cfg.ood_low, cfg.ood_high)
-    x = grid.x
-    truth = true_values(x[:, 0], cfg.gamma)
+def _analytic(cfg: ToyConfig, data, x, steps) -> dict:
+    """eq. 10 at the recorded steps and t = inf: mean, std (R + 1, m) and the rates."""
+    model = TDNTK(cfg.net, data, cfg.schedule)
+    pred = model.predict(x, np.append(steps.astype(np.float64), np.inf), full_cov=False)
+    return {
+        "mean": pred.mean,
+        "std": pred.std,
+        "critical_learning_rate": model.critical_learning_rate,
+        "max_stable_learning_rate": model.max_stable_learning_rate,
+    }
 
-    tick = time.perf_counter()
-    _log(f"timing a short training chunk (width {cfg.net.width}, {cfg.members} members) ...")
-    projected = projected_seconds(cfg, data, x)
+
+def _main_ensemble(cfg: ToyConfig, data, x, steps, stages: Stages) -> dict:
+    """The main ensemble's records: steps (R,), q (R, E, m)."""
+    ckpt = _checkpoint_dir(stages, "ensemble", cfg)
+    res = _train(cfg, cfg.net, data, x, ckpt, steps=cfg.steps, members=cfg.members,
+                 record_steps=steps)  # fmt: skip
+    return {"steps": res.steps, "q": res.q}
+
+
+def _log_projection(projected: dict) -> None:
     parts = ", ".join(f"{k} {_duration(v)}" for k, v in projected.items())
     _log(
         f"projected network training time: {_duration(sum(projected.values()))} on "
         f"{jax.default_backend()} ({len(jax.devices())} device(s)): {parts}; "
         "Lin. (MC) and the closed form come on top"
     )
-    wall["projection"] = time.perf_counter() - tick
 
-    tick = time.perf_counter()
-    steps = _record_steps(cfg)
-    model = TDNTK(cfg.net, data, cfg.schedule)
-    pred = model.predict(x, np.append(steps.astype(np.float64), np.inf), full_cov=False)
-    wall["analytic"] = time.perf_counter() - tick
-    _log(
-        f"closed form done; critical learning rate (eq. 11) {model.critical_learning_rate:.4g}, "
-        f"eta = {cfg.learning_rate:g}"
-    )
 
-    _log(f"training {cfg.members} networks for {cfg.steps} steps ...")
-    main = _train(
-        cfg,
-        cfg.net,
-        data,
-        x,
-        _checkpoint_dir(checkpoint_root, "main", cfg),
-        steps=cfg.steps,
-        members=cfg.members,
-        record_steps=steps,
-    )
-    wall["ensemble"] = main.wall_time
-
-    _log("fig. 1: one network against its linearisation ...")
-    fig1 = linearisation_vs_network(cfg, data, grid, checkpoint_root)
-    wall["fig1"] = fig1.wall_time
-
-    _log(f"Lin. (MC): {cfg.mc_inits} linearised initialisations ...")
-    tick = time.perf_counter()
-    mc_times = np.array(sorted({float(cfg.width_steps), float(cfg.steps)}) + [np.inf])
-    q_mc = lin_mc(cfg, cfg.net, data, x, cfg.mc_inits, mc_times)
-    wall["lin_mc"] = time.perf_counter() - tick
-
-    targets = []
-    for tau in cfg.taus:
-        _log(f"fig. 7: target network tau = {tau:g}, {cfg.target_steps} steps ...")
-        targets.append(target_run(cfg, tau, data, grid, checkpoint_root))
-        wall[f"target_tau_{tau:g}"] = targets[-1].wall_time
-
+def _width_runs(cfg, data, grid, stages, main: dict, mc_times, q_mc) -> list[WidthRun]:
+    """The width sweep; the main width reuses the main ensemble and Lin. (MC)."""
     widths = []
     for width in cfg.widths:
-        _log(f"width sweep: width {width}, {cfg.width_steps} steps ...")
-        if width == cfg.net.width:  # reuse the main ensemble and Lin. (MC)
-            r = int(np.flatnonzero(steps == cfg.width_steps)[0])
+        if width == cfg.net.width:
+            r = int(np.flatnonzero(main["steps"] == cfg.width_steps)[0])
             t_mc = int(np.flatnonzero(mc_times == cfg.width_steps)[0])
             mc = q_mc[: cfg.width_mc_inits, t_mc] if cfg.width_mc_inits else None
-            widths.append(WidthRun(width, main.q[r, : cfg.width_members], mc, 0.0))
-        else:
-            widths.append(width_run(cfg, width, data, grid, checkpoint_root))
-        wall[f"width_{width}"] = widths[-1].wall_time
+            widths.append(WidthRun(width, main["q"][r, : cfg.width_members], mc, 0.0))
+            continue
+        widths.append(stages.run(
+            f"width_{width}", lambda w=width: width_run(cfg, w, data, grid, stages),
+            f"width sweep: width {width}, {cfg.width_steps} steps",
+        ))  # fmt: skip
+    return widths
 
-    wall["total"] = time.perf_counter() - start
+
+def simulate(cfg: ToyConfig, stages: Stages | None = None) -> ToyResults:
+    """Run every part of the experiment (module docstring) and return the numbers.
+
+    `stages` saves each part's result and loads those an earlier run finished
+    (None: compute everything, save nothing).
+    """
+    stages = Stages(None, _log) if stages is None else stages
+    states = dataset_states(cfg.n_states)
+    data = toy_transitions(states, cfg.gamma)
+    grid = EvalGrid.build(states, cfg.n_eval, cfg.ood_low, cfg.ood_high)
+    x = grid.x
+    truth = true_values(x[:, 0], cfg.gamma)
+
+    projected = stages.run(
+        "projection", lambda: projected_seconds(cfg, data, x),
+        f"timing a short training chunk (width {cfg.net.width}, {cfg.members} members)",
+    )  # fmt: skip
+    _log_projection(projected)
+    steps = _record_steps(cfg)
+    analytic = stages.run(
+        "analytic", lambda: _analytic(cfg, data, x, steps), "closed form (eq. 10)"
+    )
+    _log(
+        f"critical learning rate (eq. 11) {analytic['critical_learning_rate']:.4g}, "
+        f"eta = {cfg.learning_rate:g}"
+    )
+    main = stages.run(
+        "ensemble", lambda: _main_ensemble(cfg, data, x, steps, stages),
+        f"training {cfg.members} networks for {cfg.steps} steps",
+    )  # fmt: skip
+    fig1 = stages.run(
+        "fig1", lambda: linearisation_vs_network(cfg, data, grid, stages),
+        "fig. 1: one network against its linearisation",
+    )  # fmt: skip
+    mc_times = np.array(sorted({float(cfg.width_steps), float(cfg.steps)}) + [np.inf])
+    q_mc = stages.run(
+        "lin_mc", lambda: lin_mc(cfg, cfg.net, data, x, cfg.mc_inits, mc_times),
+        f"Lin. (MC): {cfg.mc_inits} linearised initialisations",
+    )  # fmt: skip
+    targets = [
+        stages.run(
+            f"target_tau_{tau:g}", lambda tau=tau: target_run(cfg, tau, data, grid, stages),
+            f"fig. 7: target network tau = {tau:g}, {cfg.target_steps} steps",
+        )
+        for tau in cfg.taus
+    ]  # fmt: skip
+    widths = _width_runs(cfg, data, grid, stages, main, mc_times, q_mc)
+
+    wall = {name: stages.seconds(name) for name in stages.times}  # compute seconds per part
+    wall["fig1"] = fig1.wall_time
+    wall |= {f"target_tau_{t.tau:g}": t.wall_time for t in targets}
+    wall |= {f"width_{w.width}": w.wall_time for w in widths}
+    wall["total"] = float(sum(wall.values()))
     return ToyResults(
         config=cfg,
         data=data,
         grid=grid,
         true=truth,
-        steps=main.steps,
-        analytic_mean=pred.mean[:-1],
-        analytic_std=pred.std[:-1],
-        analytic_inf_mean=pred.mean[-1],
-        analytic_inf_std=pred.std[-1],
-        q_nn=main.q,
+        steps=main["steps"],
+        analytic_mean=analytic["mean"][:-1],
+        analytic_std=analytic["std"][:-1],
+        analytic_inf_mean=analytic["mean"][-1],
+        analytic_inf_std=analytic["std"][-1],
+        q_nn=main["q"],
         mc_times=mc_times,
         q_mc=q_mc,
         fig1=fig1,
         targets=tuple(targets),
         widths=tuple(widths),
-        critical_learning_rate=model.critical_learning_rate,
-        max_stable_learning_rate=model.max_stable_learning_rate,
+        critical_learning_rate=analytic["critical_learning_rate"],
+        max_stable_learning_rate=analytic["max_stable_learning_rate"],
         wall_times=wall,
     )
 
@@ -587,8 +638,10 @@ def load_results(out) -> ToyResults:
     out = Path(out)
     summary = json.loads((out / "summary.json").read_text())
     hints = {f.name: f.type for f in dataclasses.fields(ToyConfig)}
-    settings = {
-        k: tuple(v) if "tuple" in str(hints[k]) else v for k, v in summary["settings"].items()
+    settings = {  # settings of older versions (resume, keep_checkpoints) are dropped
+        k: tuple(v) if "tuple" in str(hints[k]) else v
+        for k, v in summary["settings"].items()
+        if k in hints
     }
     cfg = ToyConfig(**(settings | {"net": MLP(**settings["net"])}))
     with np.load(out / "results.npz") as f:
@@ -633,18 +686,21 @@ def load_results(out) -> ToyResults:
 
 
 def run(cfg: ToyConfig) -> ToyResults:
-    """Run the experiment, write the report into ``cfg.out`` and print where it is."""
+    """Run the experiment in ``cfg.out`` (resuming an earlier run of the same settings),
+    write the report there and print where it is and the time per stage."""
     from ..report.toy import write_report  # matplotlib: imported only when a run reports
 
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    checkpoint_root = out / "checkpoints"
-    results = simulate(cfg, checkpoint_root)
-    report = write_report(results, out)
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(checkpoint_root, ignore_errors=True)
-    _log(f"report: {report}")
+    with open_output(cfg.out, "toy", _settings(cfg), cfg.overwrite) as folder:
+        if folder.resumed:
+            _log(f"resuming the run in {folder.path} (finished stages are loaded)")
+        stages = Stages(folder, _log)
+        results = simulate(cfg, stages)
+        with folder.staging() as tmp:
+            write_report(results, tmp)
+            write_json(tmp / "stages.json", stages.summary())
+        folder.complete()
+    _log(stages.table())
+    _log(f"report: {Path(cfg.out) / 'report.md'}")
     return results
 
 
@@ -657,6 +713,7 @@ COMMAND = Command(
         "The toy chain (paper section 5.1, appendix D.1): closed form vs trained ensembles, "
         "figures 1-4, 6, 7 and a width sweep, with report.md in --out. "
         "'--preset quick' takes minutes on a CPU; '--preset paper' uses the paper's "
-        "settings (hours on a CPU; prints a projected time first)."
+        "settings (hours on a CPU; prints a projected time first). Rerunning the same "
+        "command resumes an interrupted run; --out must be new, empty or an earlier result."
     ),
 )

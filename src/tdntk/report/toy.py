@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import save_npz, write_csv, write_json, write_text
+from ..files import save_npz, staged_output_dir, write_csv, write_json, write_text
 from ..metrics import fit_gaussian, rmse
 from .plotting import COLORS, band, mark_states, new_figure, save_figure
 
@@ -733,9 +733,15 @@ def _report_md(res, tables: dict, claims: list[Claim]) -> str:
 
 
 def write_report(res, out) -> Path:
-    """Write every figure, data file, summary.json, results.npz and report.md into `out`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write every figure, data file, summary.json, results.npz and report.md into `out`;
+    the path of report.md. Staged (`tdntk.files.staged_output_dir`): `out` must be new,
+    empty or hold an earlier tdntk result, and a failure leaves it as it was."""
+    with staged_output_dir(out) as tmp:
+        _write_files(res, Path(tmp))
+    return Path(out) / "report.md"
+
+
+def _write_files(res, out: Path) -> Path:
     for stem, make in FIGURES.items():
         fig, cols = make(res)
         save_figure(fig, out / stem)
