@@ -206,13 +206,15 @@ class FixedPointResampler:
             (coef.reshape(-1), (np.repeat(row, k), self._next_index[on].reshape(-1))),
             shape=(inputs.size, self._ntk_other.shape[0]),
         )
-        cols = self._ntk_other[:, inputs]
-        system = self._ntk_train[np.ix_(inputs, inputs)] - mix @ cols
+        # sum_j w_ij Theta(x''_ij, U) for the kept rows, then the columns of the kept inputs
+        system = self._ntk_train[np.ix_(inputs, inputs)] - (mix @ self._ntk_other)[:, inputs]
         try:
             beta = np.linalg.solve(system, reward)
         except np.linalg.LinAlgError:
             return np.full(self._test_index.size, np.nan)
-        return cols[self._test_index] @ beta
+        full = np.zeros(self.num_train_inputs)
+        full[inputs] = beta
+        return (self._ntk_other @ full)[self._test_index]
 
 
 def refit_td_inf(kernels, data: Transitions, x_test) -> Callable[[np.ndarray], np.ndarray]:
