@@ -16,16 +16,18 @@ form:
   reusing the kernels (`FixedPointResampler` for TD at t = inf: one dense
   solve per group; any other schedule goes through `tdntk.TDNTK` again);
 * the jackknife variance ``(G - 1) / G sum_g (J_(-g) - mean_g J_(-g))^2``
-  (Quenouille; Tukey) is added to the ensemble variance ``w^T Cov_Q w``;
+  (Quenouille, "Notes on bias in estimation", Biometrika 1956; Tukey, "Bias and
+  confidence in not-quite large samples", Annals of Mathematical Statistics 1958)
+  is added to the ensemble variance ``w^T Cov_Q w``;
 * the 95 % interval is ``J +- t_{G-1, 0.975} sqrt(var_ens + var_jack)``.
 
 The jackknife was chosen over a bootstrap over episodes by measured coverage
-(benchmarks/bench_coverage.py): on data with distinct continuous inputs
-(CartPole) a bootstrap resample only changes which Bellman equations hold
-(duplicates add nothing to an interpolating fit), and its variance came out
-too small; the jackknife's is conservative in expectation for smooth
-statistics (Efron and Stein, "The jackknife estimate of variance", Annals of
-Statistics 1981).
+(benchmarks/bench_coverage.py, docs/policy-value.md: 0.93 to 0.96 against 0.85
+to 0.94 for 95 % intervals): on data with distinct continuous inputs (CartPole)
+a bootstrap resample only changes which Bellman equations hold (duplicates add
+nothing to an interpolating fit), and its variance came out too small; the
+jackknife's is conservative in expectation (Efron and Stein, "The jackknife
+estimate of variance", Annals of Statistics 1981).
 
 J itself is an average of V over initial states: by default the states where
 the dataset's episodes start (each episode counts once, and a group left out

@@ -298,20 +298,36 @@ def _largest_fitting(limit: float, k: int, m_chunk: int, target: bool) -> int:
     return max(n, 1)
 
 
-def refit_memory(n: int, k: int, m_test: int) -> int:
-    """Bytes of the jackknife's closed-form refits (`tdntk.policy_value.FixedPointResampler`):
-    NTK columns at the <= n distinct training inputs for the training, next and m_test
-    test inputs, and one subset's system: ``8 (2 n^2 + 2 (n k + m_test) n)``."""
-    return int(8 * (2.0 * n * n + 2.0 * (n * k + m_test) * n))
+def refit_memory(n: int, k: int, m_test: int, closed_form: bool = True) -> int:
+    """Bytes of the jackknife's refits. Closed form (TD at t = inf,
+    `tdntk.policy_value.FixedPointResampler`): NTK columns at the <= n distinct training
+    inputs for the training, next and m_test test inputs, and one subset's system,
+    ``8 (2 n^2 + 2 (n k + m_test) n)``. Otherwise (`KernelCache` + one `TDNTK` at a
+    time): the cached NNGP and NTK over all inputs, ``16 (n + n k + m_test)^2``, on top
+    of a model."""
+    if closed_form:
+        return int(8 * (2.0 * n * n + 2.0 * (n * k + m_test) * n))
+    return int(16 * float(n + n * k + m_test) ** 2)
 
 
 def _check_memory(
-    n: int, k: int, m_chunk: int, target: bool, limit_gib: float | None, m_test: int = 0
+    n: int,
+    k: int,
+    m_chunk: int,
+    target: bool,
+    limit_gib: float | None,
+    m_test: int = 0,
+    closed_form: bool = True,
 ) -> dict:
     available, total = machine_memory()
     limit = limit_gib * GIB if limit_gib is not None else 0.8 * available
-    # the model's kernels are freed before the refits build theirs: the peak is the larger
-    need = max(memory_estimate(n, k, m_chunk, target), refit_memory(n, k, m_test) if m_test else 0)
+    model = memory_estimate(n, k, m_chunk, target)
+    if not m_test:
+        need = model
+    elif closed_form:  # the model's kernels are freed before the refits build theirs
+        need = max(model, refit_memory(n, k, m_test))
+    else:  # the cache lives while each refit builds a model
+        need = model + refit_memory(n, k, m_test, closed_form=False)
     info = {"estimate_bytes": need, "limit_bytes": int(limit), "available_bytes": available,
             "total_bytes": total}  # fmt: skip
     if need > limit:
@@ -470,7 +486,7 @@ def evaluate(
         problem.transitions.n, problem.transitions.k,
         min(chunk, len(problem.states)) * problem.x_test.shape[1],
         cfg.target() is not None and np.isfinite(cfg.t), cfg.memory_limit_gib,
-        n_test if cfg.interval == "jackknife" else 0,
+        n_test if cfg.interval == "jackknife" else 0, cfg.estimator == "td" and np.isinf(cfg.t),
     )  # fmt: skip
     timings["data_and_features"] = time.perf_counter() - clock
 
@@ -762,10 +778,15 @@ def _sampling(cfg: EvaluateConfig, model: TDNTK, problem: _Problem, mean, start_
 def _refit(cfg, model, problem, x_all, mean, start_q):
     """(keep (n,) bool -> Q (M,), route in words): the closed-form TD fixed point when it
     reproduces the model's own t = inf prediction, else `TDNTK` refitted per group."""
-    general = refit_general(cfg.net, problem.transitions, model.schedule, cfg.t, x_all)
-    route_general = "TDNTK rebuilt on each subset (kernels and factorisation recomputed)"
+    def general():
+        return refit_general(cfg.net, problem.transitions, model.schedule, cfg.t, x_all)
+
+    route_general = (
+        "TDNTK rebuilt on each subset (kernels looked up in one cache; factorisation and "
+        "dynamics recomputed)"
+    )
     if not (cfg.estimator == "td" and np.isinf(cfg.t)):
-        return general, route_general
+        return general(), route_general
     resampler = FixedPointResampler(cfg.net, problem.transitions, x_all)
     q = resampler.predict()
     m, k, _ = problem.x_test.shape
@@ -779,7 +800,7 @@ def _refit(cfg, model, problem, x_all, mean, start_q):
             f"closed-form TD fixed point on each subset (one dense solve; agrees with TDNTK on "
             f"the full data to {gap:.1e})",
         )
-    return general, route_general + f" (the closed-form solve differed from TDNTK by {gap:.2g})"
+    return general(), route_general + f" (the closed-form solve differed from TDNTK by {gap:.2g})"
 
 
 def _policy_value(problem: _Problem, start_q, ens_std, spread: _Spread, bounds) -> PolicyValue:
@@ -818,12 +839,13 @@ def _policy_value(problem: _Problem, start_q, ens_std, spread: _Spread, bounds) 
 
 
 def _inside(values, bounds) -> np.ndarray:
-    """(m,) whether values lie in [lo, hi] up to round-off (1e-9 of the scale)."""
+    """(m,) whether values lie in [lo, hi] up to round-off (1e-9 of the scale); NaN (no
+    estimate: diverged dynamics, said elsewhere) is not flagged."""
     lo, hi = bounds
     finite = [abs(b) for b in bounds if np.isfinite(b)]
     tol = 1e-9 * (1.0 + (max(finite) if finite else 0.0))
     values = np.asarray(values, dtype=np.float64)
-    return (values >= lo - tol) & (values <= hi + tol)
+    return np.isnan(values) | ((values >= lo - tol) & (values <= hi + tol))
 
 
 def _warnings(problem, cfg, mean, feasible, value, spread, bounds, model) -> list[str]:

@@ -71,6 +71,13 @@ def _figure(result) -> bytes:
     los = np.array([result.values[n].interval_95[0] for n in names])
     his = np.array([result.values[n].interval_95[1] for n in names])
     left.errorbar(pos, means, yerr=np.vstack([means - los, his - means]), fmt="o", capsize=4)
+    lo_view, hi_view = left.get_ylim()
+    for bound in result.values[names[0]].feasible_range:  # the same rewards for all
+        if np.isfinite(bound) and lo_view <= bound <= hi_view:
+            left.axhline(bound, color="tab:red", linestyle="--", linewidth=0.8)
+            left.text(pos[0], bound, " feasible range of the rewards", color="tab:red",
+                      fontsize=7, va="bottom")  # fmt: skip
+    left.set_ylim(lo_view, hi_view)
     left.set_xticks(pos, names, rotation=20, fontsize=8)
     left.set(ylabel="policy value J", title="J with its 95 % interval")
     diffs = result.differences
