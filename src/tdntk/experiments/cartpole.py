@@ -660,9 +660,10 @@ COMMAND = Command(
     default_preset="quick",
     help=(
         "CartPole offline policy evaluation (paper section 5.2, Table 1): trained ensembles vs "
-        "TD-NTK (finite and infinite width) against Monte Carlo returns, over several seeds; "
-        "writes table.md/table.csv, figures and report.md to --out. '--preset quick' takes "
-        "about 5 min on a quiet 2-core CPU; '--preset paper' is GPU-scale and prints a projected "
-        "time first; '--preset tiny' takes seconds."
+        "TD-NTK (finite and infinite width, with calibrated intervals and the policy value) "
+        "against Monte Carlo returns, over several seeds; writes table.md/table.csv, figures "
+        "and report.md to --out. '--preset quick' takes about 5 to 6 min on a quiet 2-core "
+        "CPU; '--preset paper' is GPU-scale and prints a projected time first; '--preset "
+        "tiny' takes seconds."
     ),
 )
