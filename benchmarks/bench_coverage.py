@@ -256,8 +256,10 @@ def summarise(setting, rows) -> list[dict]:
     truth = np.concatenate([r["v_true"] for r in rows])
     methods = {
         "ensemble": (v - LEVEL_Z * ens, v + LEVEL_Z * ens),
-        "jackknife": (np.concatenate([r["v_lo"] for r in rows]),
-                      np.concatenate([r["v_hi"] for r in rows])),  # fmt: skip
+        "jackknife": (
+            np.concatenate([r["v_lo"] for r in rows]),
+            np.concatenate([r["v_hi"] for r in rows]),
+        ),  # fmt: skip
     }
     if "v_boot_sd" in rows[0]:
         sd = np.hypot(ens, np.concatenate([r["v_boot_sd"] for r in rows]))
@@ -287,7 +289,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", type=int, default=100)
     parser.add_argument(
-        "--transitions", type=int, default=None,
+        "--transitions",
+        type=int,
+        default=None,
         help=f"transitions per dataset (default per setting: {TRANSITIONS})",
     )
     parser.add_argument("--bootstrap", type=int, default=64, help="resamples (0: none)")

@@ -193,8 +193,13 @@ def test_compare_probability_and_correlated_difference(tmp_path):
     close = cmp.difference("arm0", "mostly0")
     sd_close = jackknife_std(leave_one_out(lambda yy, aa: 0.1 * diff01(yy, aa)))
     np.testing.assert_allclose(close.mean, 0.1 * (y0.mean() - y1.mean()), rtol=1e-8)
-    np.testing.assert_allclose(close.std, np.hypot(sd_close, np.hypot(
-        cmp.values["arm0"].ensemble_std, cmp.values["mostly0"].ensemble_std)), rtol=1e-6)
+    np.testing.assert_allclose(
+        close.std,
+        np.hypot(
+            sd_close, np.hypot(cmp.values["arm0"].ensemble_std, cmp.values["mostly0"].ensemble_std)
+        ),
+        rtol=1e-6,
+    )
     independent = np.hypot(cmp.values["arm0"].std, cmp.values["mostly0"].std)
     assert close.std < 0.2 * independent
     # the command line writes the same numbers
@@ -218,7 +223,11 @@ def test_compare_probability_and_correlated_difference(tmp_path):
 
 def test_parse_policies():
     assert parse_policies(["a=pkg.mod:f", "pkg.mod:g", "behaviour", "b=sb3:PPO:m.zip"]) == {
-        "a": "pkg.mod:f", "pkg.mod:g": "pkg.mod:g", "behaviour": None, "b": "sb3:PPO:m.zip"}
+        "a": "pkg.mod:f",
+        "pkg.mod:g": "pkg.mod:g",
+        "behaviour": None,
+        "b": "sb3:PPO:m.zip",
+    }
     with pytest.raises(ValueError, match="given twice"):
         parse_policies(["a=x:f", "a=x:g"])
 

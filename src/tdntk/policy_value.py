@@ -168,9 +168,7 @@ class FixedPointResampler:
             raise TypeError(f"data must be a Transitions, got {type(data).__name__}")
         x_test = np.asarray(x_test, dtype=np.float64)
         if x_test.ndim != 2 or x_test.shape[1] != data.input_dim:
-            raise ValueError(
-                f"x_test must have shape (M, {data.input_dim}), got {x_test.shape}"
-            )
+            raise ValueError(f"x_test must have shape (M, {data.input_dim}), got {x_test.shape}")
         fn = _kernel_fn(kernels)
         n, k = data.n, data.k
         self.data = data

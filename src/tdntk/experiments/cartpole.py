@@ -634,9 +634,7 @@ def simulate(cfg: CartPoleConfig) -> CartPoleResults:
         )
     truth = _true_policy_value(cfg, policy.policy)
     wall = {"policy": policy.wall_time, "total": time.perf_counter() - start}
-    return CartPoleResults(
-        cfg, policy, seeds, rows, wall, dict(METHODS), PRESETS["paper"], truth
-    )
+    return CartPoleResults(cfg, policy, seeds, rows, wall, dict(METHODS), PRESETS["paper"], truth)
 
 
 def run(cfg: CartPoleConfig) -> CartPoleResults:

@@ -91,9 +91,7 @@ def compare(
     names = list(policies)
     values: dict[str, PolicyValue] = {name: estimates[name].policy_value for name in names}
     diffs = [
-        difference(a, values[a], b, values[b])
-        for i, a in enumerate(names)
-        for b in names[i + 1 :]
+        difference(a, values[a], b, values[b]) for i, a in enumerate(names) for b in names[i + 1 :]
     ]
     warns = [f"{name}: {w}" for name in names for w in estimates[name].summary["warnings"]]
     if cfg.interval == "ensemble":
@@ -162,8 +160,10 @@ class CompareCommand:
     )
     out: str | None = field(
         default=None,
-        metadata={"help": "Output folder (compare.md, compare.png, CSVs, summary.json).",
-                  "required": True},  # fmt: skip
+        metadata={
+            "help": "Output folder (compare.md, compare.png, CSVs, summary.json).",
+            "required": True,
+        },  # fmt: skip
     )
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
     settings: EvaluateConfig = field(default=EvaluateConfig(), metadata={"help": "Settings."})

@@ -479,8 +479,9 @@ def evaluate(
         policy = load_policy(policy)
     problem = _prepare(data, cfg, policy, states, initial_states)
     chunk = max(1, 2048 // problem.x_test.shape[1])
-    n_test = problem.x_test.shape[0] * problem.x_test.shape[1] + problem.start_x.shape[0] * (
-        problem.start_x.shape[1]
+    n_test = (
+        problem.x_test.shape[0] * problem.x_test.shape[1]
+        + problem.start_x.shape[0] * problem.start_x.shape[1]
     )
     memory = _check_memory(
         problem.transitions.n, problem.transitions.k,
@@ -778,6 +779,7 @@ def _sampling(cfg: EvaluateConfig, model: TDNTK, problem: _Problem, mean, start_
 def _refit(cfg, model, problem, x_all, mean, start_q):
     """(keep (n,) bool -> Q (M,), route in words): the closed-form TD fixed point when it
     reproduces the model's own t = inf prediction, else `TDNTK` refitted per group."""
+
     def general():
         return refit_general(cfg.net, problem.transitions, model.schedule, cfg.t, x_all)
 

@@ -168,14 +168,18 @@ def _verdict(ok: bool, partly: bool = False) -> str:
 def smoke_test_reason(cfg) -> str | None:
     """Why a run is too small for its verdicts to mean anything (None: it is not): ensembles
     of fewer than 4 networks (or initialisations) or fewer than 256 training steps."""
-    sizes = [("members", cfg.members), ("mc_inits", cfg.mc_inits),
-             ("target_members", cfg.target_members), ("width_members", cfg.width_members)]
+    sizes = [
+        ("members", cfg.members),
+        ("mc_inits", cfg.mc_inits),
+        ("target_members", cfg.target_members),
+        ("width_members", cfg.width_members),
+    ]
     if cfg.width_mc_inits:
         sizes.append(("width_mc_inits", cfg.width_mc_inits))
     small = [f"{name} = {value} (< 4)" for name, value in sizes if value < 4]
     if cfg.steps < 256:
         small.append(f"steps = {cfg.steps} (< 256)")
-    return "smoke-test settings: " + ", ".join(small) if small else None  # fmt: skip
+    return "smoke-test settings: " + ", ".join(small) if small else None
 
 
 def assess_claims(res) -> list[Claim]:
