@@ -24,8 +24,13 @@ expected = np.ones(s.shape[0])
 if not np.allclose(pred.mean[1], expected, atol=1e-6):
     sys.exit(f"core-check: wrong values {pred.mean[1]} (expected {expected})")
 ens = tdntk.train_ensemble(
-    tdntk.MLP(depth=2, width=64), data, tdntk.Schedule(0.01, tdntk.SoftTarget(1.0)),
-    steps=5, members=2, x_eval=s, progress=False,
+    tdntk.MLP(depth=2, width=64),
+    data,
+    tdntk.Schedule(0.01, tdntk.SoftTarget(1.0)),
+    steps=5,
+    members=2,
+    x_eval=s,
+    progress=False,
 )
 if not np.all(np.isfinite(np.asarray(ens.q))):
     sys.exit("core-check: finite-network training returned non-finite values")

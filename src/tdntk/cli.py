@@ -54,6 +54,7 @@ COMMANDS = {
     "cartpole": "tdntk.experiments.cartpole:COMMAND",
     "collect": "tdntk.experiments.collect:COMMAND",
     "evaluate": "tdntk.experiments.evaluate:COMMAND",
+    "compare": "tdntk.experiments.compare:COMMAND",
 }
 
 
@@ -293,6 +294,7 @@ SHORT_HELP = {
     "cartpole": "CartPole offline policy evaluation: the paper's Table 1 and more.",
     "collect": "Collect transitions of a policy in any Gymnasium environment (.npz).",
     "evaluate": "Values with uncertainty for a policy from offline data (TD-NTK).",
+    "compare": "Compare policies offline: values, differences, P(J_a > J_b).",
 }
 
 

@@ -163,7 +163,7 @@ class Schedule:
 
     @property
     def estimator(self) -> str:
-        """"td" (with a target network) or "residual-gradient" (a single Q-network)."""
+        """ "td" (with a target network) or "residual-gradient" (a single Q-network)."""
         return "residual-gradient" if self.target is None else "td"
 
     def eta(self, n: int) -> float:

@@ -165,7 +165,7 @@ class TDNTK:
 
     @property
     def estimator(self) -> str:
-        """"td" (soft target network) or "residual-gradient" (a single Q-network)."""
+        """ "td" (soft target network) or "residual-gradient" (a single Q-network)."""
         return self.schedule.estimator
 
     @property

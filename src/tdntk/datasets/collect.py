@@ -24,6 +24,7 @@ from .policies import (
     UniformRandomPolicy,
     check_action,
     check_probs,
+    cwd_on_path,
     is_stochastic,
     sample_actions,
 )
@@ -35,6 +36,8 @@ __all__ = ["collect", "make_env", "check_spaces"]
 def make_env(env) -> gymnasium.Env:
     """`gymnasium.make(env)` for an id (``"CartPole-v1"`` or ``"module:EnvId"``), or `env` itself.
 
+    The module of ``module:EnvId`` is also looked up in the current folder.
+
     Raises:
         ValueError: unknown environment id (with Gymnasium's suggestion).
     """
@@ -43,7 +46,8 @@ def make_env(env) -> gymnasium.Env:
     if not isinstance(env, str):
         raise TypeError(f"env must be a Gymnasium id or a gymnasium.Env, got {type(env).__name__}")
     try:
-        return gymnasium.make(env)
+        with cwd_on_path():
+            return gymnasium.make(env)
     except gymnasium.error.Error as err:
         raise ValueError(f"unknown Gymnasium environment {env!r}: {err}") from None
     except ModuleNotFoundError as err:

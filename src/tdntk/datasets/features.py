@@ -20,7 +20,7 @@ import numpy as np
 
 from ..data import Transitions, discounts
 from .offline import OfflineData, infer_spaces
-from .policies import is_stochastic, policy_actions, policy_probs
+from .policies import is_stochastic, policy_actions, policy_probs, sampled_actions
 from .spaces import box_mask, flat_dim
 
 __all__ = ["Features", "to_transitions", "next_inputs"]
@@ -189,20 +189,33 @@ def next_inputs(
     actions=None,
     action_probs=None,
     action_space=None,
+    action_samples: int = 1,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The policy's inputs at states s: (x (n, k, d), weights (n, k) or None).
 
     One route is taken, in this order: a stochastic `policy` (with
     ``action_probs``, Discrete): every action, weighted by its probability;
-    a deterministic `policy`: ``(s, policy(s))``; recorded `action_probs`
+    any other `policy` with ``action_samples`` K > 1: K sampled actions
+    (`tdntk.datasets.policies.sampled_actions`), weights 1/K each (a stochastic
+    policy over Box actions, or one without known probabilities); a
+    deterministic `policy`: ``(s, policy(s))``; recorded `action_probs`
     (n, A): every action with those weights; recorded `actions`: ``(s, a)``.
     """
     obs = np.asarray(observations, dtype=np.float64)
+    if int(action_samples) < 1:
+        raise ValueError(f"action_samples must be >= 1, got {action_samples!r}")
     if policy is not None:
         if features.discrete and is_stochastic(policy):
             return features.encode_all_actions(obs), policy_probs(policy, obs, features.num_actions)
         if action_space is None:
             raise ValueError("next_inputs: a deterministic policy needs the action_space")
+        if int(action_samples) > 1:
+            k = int(action_samples)
+            drawn = sampled_actions(policy, obs, action_space, k)  # (n, K) or (n, K, a)
+            n = obs.shape[0]
+            flat = drawn.reshape((n * k,) + drawn.shape[2:])
+            x = features.encode(np.repeat(obs, k, axis=0), flat).reshape(n, k, features.dim)
+            return x, np.full((n, k), 1.0 / k)
         chosen = policy_actions(policy, obs, action_space)
         return features.encode(obs, chosen)[:, None, :], None
     if action_probs is not None:
@@ -216,7 +229,12 @@ def next_inputs(
 
 
 def to_transitions(
-    data: OfflineData, features: Features, gamma: float, policy=None, action_space=None
+    data: OfflineData,
+    features: Features,
+    gamma: float,
+    policy=None,
+    action_space=None,
+    action_samples: int = 1,
 ) -> Transitions:
     """`Transitions` for evaluating `policy` (or the behaviour policy) from `data`.
 
@@ -231,6 +249,8 @@ def to_transitions(
     Args:
         action_space: for a deterministic `policy`; defaults to the data's
             action space (or one inferred from the data).
+        action_samples: K > 1 draws K next actions per transition from a policy
+            without ``action_probs`` (weights 1/K; see `next_inputs`).
     """
     if not isinstance(data, OfflineData):
         raise TypeError(f"to_transitions: data must be an OfflineData, got {type(data).__name__}")
@@ -249,5 +269,6 @@ def to_transitions(
         actions=data.next_actions,
         action_probs=data.next_action_probs,
         action_space=action_space,
+        action_samples=action_samples,
     )
     return Transitions(x, data.rewards, x_next, discounts(gamma, data.terminated), weights)

@@ -12,6 +12,9 @@ see `tdntk.datasets.spaces.space_to_json`); version 1 files
 (``observation_low``/``observation_high`` of a Box, ``action_n`` and
 ``action_start`` for a Discrete action space, ``action_low``/``action_high``
 for a Box one) are still read. Arrays are read with ``allow_pickle=False``.
+Files with D4RL's names read too (`D4RL_NAMES`): ``terminals`` as
+``terminated`` and ``timeouts`` as ``truncated`` (D4RL's ``infos/...`` and
+``metadata/...`` arrays are then ignored).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ __all__ = [
     "save_npz",
     "load_npz",
     "infer_spaces",
+    "D4RL_NAMES",
 ]
 
 FORMAT_VERSION = 2
@@ -57,6 +61,10 @@ _V1_SPACE_ARRAYS = (
 )
 _V2_SPACE_ARRAYS = ("observation_space_json", "action_space_json")
 _SPACE_ARRAYS = {1: _V1_SPACE_ARRAYS, 2: _V2_SPACE_ARRAYS}
+# D4RL (Fu et al., "D4RL: Datasets for Deep Data-Driven Reinforcement Learning", 2020) names
+# -> ours: `terminals` marks a true terminal state, `timeouts` a time-limit cut.
+D4RL_NAMES = {"terminals": "terminated", "timeouts": "truncated"}
+_D4RL_IGNORED_PREFIXES = ("infos/", "metadata/")
 
 
 def _finite_float(name: str, value, ndim: tuple[int, ...]) -> np.ndarray:
@@ -432,6 +440,30 @@ def _format_version(arrays: dict, path: Path) -> int:
     return int(raw.reshape(()))
 
 
+def _rename_d4rl(arrays: dict, path: Path) -> dict:
+    """D4RL's ``terminals`` / ``timeouts`` read as ``terminated`` / ``truncated``; when either
+    is present, D4RL's ``infos/*`` and ``metadata/*`` arrays are dropped."""
+    found = [name for name in D4RL_NAMES if name in arrays]
+    if not found:
+        return arrays
+    out = {}
+    for name, value in arrays.items():
+        if name.startswith(_D4RL_IGNORED_PREFIXES):
+            continue
+        ours = D4RL_NAMES.get(name, name)
+        if ours != name and ours in arrays:
+            raise ValueError(
+                f"{path}: holds both {name!r} (D4RL's name) and {ours!r}; keep one of them"
+            )
+        out[ours] = value
+    if "truncated" not in out and "terminated" in out:
+        raise ValueError(
+            f"{path}: has D4RL's 'terminals' but no 'timeouts' (or 'truncated'); add it (all "
+            "False when no episode was cut by a time limit)"
+        )
+    return out
+
+
 def load_npz(path) -> OfflineData:
     """Read an `OfflineData` from a ``.npz`` file (docs/datasets.md).
 
@@ -454,6 +486,7 @@ def load_npz(path) -> OfflineData:
             f"{path}: the archive holds no arrays (an empty dataset); a dataset needs the "
             f"arrays {', '.join(REQUIRED_ARRAYS)} with at least one transition (docs/datasets.md)"
         )
+    arrays = _rename_d4rl(arrays, path)
     missing = [name for name in REQUIRED_ARRAYS if name not in arrays]
     if missing:
         raise ValueError(

@@ -28,13 +28,21 @@ Top to bottom, for each seed s (dataset and initialisations), after one policy:
      diverges when 0.1 > 2 / l_max (recorded);
    * TD-NTK, finite width (the paper's Table 1): eq. 8 and 5 for each of the
      NNs' own initialisations (`tdntk.empirical.linearised_ensemble`);
-   * TD-NTK, infinite width: eq. 10 (`tdntk.TDNTK.predict`).
+   * TD-NTK, infinite width: eq. 10 (`tdntk.TDNTK.predict`);
+   * TD-NTK, infinite width, the TD estimator (a target network, t = infinity; the
+     default of `tdntk evaluate`), with the ensemble's std alone and with intervals
+     calibrated for the finite dataset (ensemble variance + a jackknife over groups of
+     episodes refitted in closed form, `tdntk.policy_value`; the std is scaled so that
+     the Gaussian 95 % interval is the t interval).
    The closed forms are continuous-time, so they depend on eta t only; they are
    evaluated at eta t = the NNs' (``matched``), at the paper's eta t = 0.1 * 2^16
    with the summed loss (``paper``) and with a mean loss (``paper-mean``,
    eta t = 0.1 * 2^16 / n), and (infinite width) at t = infinity.
 5. **Scores** (`tdntk.metrics`): RMSE of the mean, Gaussian NLL (ensembles: a
    Gaussian fitted to the members), 68 %/95 % coverage, CRPS; wall times.
+6. **Policy value** J(pi): the TD estimate averaged over the dataset's episode starts,
+   with its calibrated and its ensemble-only 95 % intervals, against J from Monte Carlo
+   episodes from fresh initial states.
 
 `run(cfg)` writes table.md/table.csv, figures, report.md and stages.json (time
 per stage) to ``cfg.out`` (`tdntk.report.cartpole`). The policy, and per seed
@@ -54,17 +62,25 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from scipy import stats
 
 from ..data import Transitions, discounts
 from ..datasets.collect import collect
 from ..datasets.features import Features, to_transitions
 from ..datasets.policies import sample_actions
-from ..dynamics import DivergenceWarning, LearningRateWarning, Schedule
+from ..dynamics import DivergenceWarning, LearningRateWarning, Schedule, SoftTarget
 from ..empirical import linearised_ensemble
 from ..envs.cartpole import MonteCarloReturns, initial_states, monte_carlo_returns
 from ..files import open_output, write_json
 from ..metrics import fit_gaussian, score_gaussian
 from ..nets import MLP
+from ..policy_value import (
+    FixedPointResampler,
+    episode_groups,
+    interval,
+    jackknife_std,
+    quadratic_std,
+)
 from ..predict import TDNTK
 from ..training import CHECKPOINT_EVERY_S, init_ensemble, train_ensemble
 from .cartpole_policy import PolicyTraining, train_cartpole_policy
@@ -98,7 +114,16 @@ METHODS = {
     "ntk_paper": ("TD-NTK inf.", "TD-NTK infinite width, eta t = 0.1 * 2^16 (paper, sum)"),
     "ntk_paper_mean": ("TD-NTK inf.", "TD-NTK infinite width, eta t = 0.1 * 2^16 / n (mean)"),
     "ntk_inf": ("TD-NTK inf.", "TD-NTK infinite width, t = infinity"),
+    "td_inf": ("TD-NTK inf.", "TD-NTK infinite width, TD estimator (target network), t = inf"),
+    "td_inf_jk": (
+        "TD-NTK inf.",
+        "TD-NTK inf. width, TD, t = inf, calibrated: ensemble + jackknife over episodes",
+    ),
 }
+# Jackknife groups of episodes for the calibrated rows (as `tdntk evaluate`'s default).
+JACKKNIFE_GROUPS = 20
+# Fresh initial states whose Monte Carlo episodes give the true policy value J.
+TRUE_J_EPISODES = 4096
 SPLITS = ("train", "train-init", "test")
 
 
@@ -326,6 +351,8 @@ class SeedResult:
             exploding loss, or None.
         losses: method key -> (steps (R,), loss (R, E)) of the NN trainings.
         wall_times: stage -> seconds.
+        policy_value: J of the TD estimate over the dataset's episode starts: mean,
+            calibrated and ensemble-only 95 % intervals, stds, groups (`_td_infinite`).
     """
 
     seed: int
@@ -342,6 +369,7 @@ class SeedResult:
     diverged_at: dict
     losses: dict
     wall_times: dict
+    policy_value: dict = field(default_factory=dict)
 
 
 def _divergence_step(steps, loss) -> int | None:
@@ -387,10 +415,15 @@ def run_seed(cfg: CartPoleConfig, policy, seed: int, stages: Stages | None = Non
     ntk = stages.run(
         f"{name}-ntk", lambda: _infinite_width(cfg, transitions, inputs.x), "closed form (eq. 10)"
     )
+    td_predictions, policy_value = stages.run(
+        f"{name}-td", lambda: _td_infinite(cfg, data, features, transitions, inputs, policy),
+        "TD at t = inf with jackknife intervals and the policy value",
+    )  # fmt: skip
     wall["ground truth"] = stages.seconds(f"{name}-truth")
     wall["ntk"] = stages.seconds(f"{name}-ntk")
+    wall["td"] = stages.seconds(f"{name}-td")
     eta = ntk["learning_rate"]
-    predictions = dict(ntk["predictions"])
+    predictions = dict(ntk["predictions"]) | dict(td_predictions)
     members, losses, diverged = {}, {}, {}
     runs = (("nn", eta, cfg.steps), ("nn_paper_lr", cfg.paper_learning_rate, cfg.paper_lr_steps))
     for key, rate, steps in runs:
@@ -430,6 +463,7 @@ def run_seed(cfg: CartPoleConfig, policy, seed: int, stages: Stages | None = Non
         diverged_at=diverged,
         losses=losses,
         wall_times=wall,
+        policy_value=policy_value,
     )
 
 
@@ -441,6 +475,76 @@ def _linearised(cfg: CartPoleConfig, transitions: Transitions, x, ntk: dict, see
         cfg.net, params0, transitions, x, [times["matched"], times["paper"], times["paper_mean"]],
         Schedule(ntk["learning_rate"]), progress=cfg.progress,
     ))  # fmt: skip
+
+
+def _td_infinite(cfg: CartPoleConfig, data, features, transitions, inputs, policy):
+    """The TD estimator at t = inf: ({td_inf, td_inf_jk: (mean, std)}, policy value dict).
+
+    Discrete time with tau = 1 at half the critical rate: the t = inf fixed point (mean and
+    covariance) is that of any convergent rate and tau > 0, and its stability check needs
+    the eigenvalues of an n x n matrix where continuous time needs 2n x 2n. The
+    calibrated std adds the jackknife variance over groups of episodes (closed-form
+    refits) and is scaled by t_{G-1, 0.975} / z_{0.975}, so that the Gaussian 95 %
+    interval the table scores is the t interval.
+    """
+    base = TDNTK(cfg.net, transitions, Schedule(1.0, SoftTarget(1.0), "discrete"))
+    rate = 0.5 * base.critical_learning_rate
+    model = base.with_schedule(Schedule(rate, SoftTarget(1.0), "discrete"))
+    starts = inputs.splits["train-init"]
+    x0 = features.encode_all_actions(inputs.states[starts])  # (E, 2, d): V(s0) = pi . Q
+    w0 = np.asarray(policy.action_probs(inputs.states[starts].astype(np.float32)), np.float64)
+    d = inputs.x.shape[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DivergenceWarning)
+        pred = model.predict(inputs.x, np.inf, full_cov=False)
+        start = model.predict(x0.reshape(-1, d), np.inf, full_cov=True)
+    mean, ens = pred.mean[0], pred.std[0]
+    e = starts.size
+    w_j = (w0 / e).reshape(-1)
+    j = float(w_j @ start.mean[0])
+    j_ens = quadratic_std(w_j, start.cov[0])
+    groups, g = episode_groups(data.episode_ids, JACKKNIFE_GROUPS, 0)
+    out = {"td_inf": (mean, ens)}
+    value = {"mean": j, "ensemble_std": j_ens, "episodes": int(e), "groups": int(g),
+             "converges": bool(model.dynamics.converges)}  # fmt: skip
+    lo, hi = interval(j, j_ens, np.inf)
+    value["ensemble_interval_95"] = [float(lo), float(hi)]
+    if g < 2 or not np.all(np.isfinite(mean)):
+        out["td_inf_jk"] = (mean, np.full_like(mean, np.nan))
+        value.update(sampling_std=np.nan, std=np.nan, interval_95=[np.nan, np.nan])
+        return out, value
+    resampler = FixedPointResampler(
+        cfg.net, transitions, np.concatenate([inputs.x, x0.reshape(-1, d)])
+    )
+    m = inputs.x.shape[0]
+    episode_of_start = groups[np.r_[0, np.flatnonzero(np.diff(data.episode_ids) != 0) + 1]]
+    reps_q, reps_j = np.empty((g, m)), np.empty(g)
+    for k in range(g):
+        q = resampler.predict((groups != k).astype(np.float64))
+        reps_q[k] = q[:m]
+        v0 = np.einsum("ik,ik->i", w0, q[m:].reshape(e, 2))
+        reps_j[k] = v0[episode_of_start != k].mean()
+    scale = float(stats.t.ppf(0.975, g - 1) / stats.norm.ppf(0.975))
+    out["td_inf_jk"] = (mean, scale * np.hypot(ens, jackknife_std(reps_q)))
+    sampling = float(jackknife_std(reps_j))
+    std = float(np.hypot(j_ens, sampling))
+    lo, hi = interval(j, std, g - 1)
+    value.update(sampling_std=sampling, std=std, interval_95=[float(lo), float(hi)])
+    return out, value
+
+
+def _true_policy_value(cfg: CartPoleConfig, policy) -> dict:
+    """J(pi) from Monte Carlo episodes from fresh initial states (no time limit)."""
+    mc = monte_carlo_returns(
+        policy, initial_states(TRUE_J_EPISODES, seed=40_000), gamma=cfg.gamma, rollouts=1,
+        horizon=cfg.mc_horizon, seed=50_000,
+    )  # fmt: skip
+    return {
+        "mean": float(mc.mean.mean()),
+        "std_error": float(mc.mean.std(ddof=1) / np.sqrt(mc.mean.size)),
+        "episodes": TRUE_J_EPISODES,
+        "cut_fraction": float(mc.cut_fraction),
+    }
 
 
 def _infinite_width(cfg: CartPoleConfig, transitions: Transitions, x) -> dict:
@@ -542,6 +646,7 @@ class CartPoleResults:
     wall_times: dict
     methods: dict = field(default_factory=lambda: dict(METHODS))
     paper_config: CartPoleConfig | None = None
+    true_policy_value: dict | None = None
 
 
 def projected_seconds(cfg: CartPoleConfig, policy) -> float:
@@ -597,9 +702,13 @@ def simulate(cfg: CartPoleConfig, stages: Stages | None = None) -> CartPoleResul
             f"seed {seed}: eta = {result.learning_rate:.3g} (critical "
             f"{result.critical_learning_rate:.3g}), {sum(result.wall_times.values()):.0f} s"
         )
+    truth = stages.run(
+        "true-policy-value", lambda: _true_policy_value(cfg, policy.policy),
+        f"J(pi) from {TRUE_J_EPISODES} Monte Carlo episodes",
+    )  # fmt: skip
     total = sum(stages.seconds(name) for name in stages.times)  # compute seconds of every stage
     wall = {"policy": policy.wall_time, "total": total}
-    return CartPoleResults(cfg, policy, seeds, rows, wall, dict(METHODS), PRESETS["paper"])
+    return CartPoleResults(cfg, policy, seeds, rows, wall, dict(METHODS), PRESETS["paper"], truth)
 
 
 def run(cfg: CartPoleConfig) -> CartPoleResults:
@@ -629,10 +738,11 @@ COMMAND = Command(
     default_preset="quick",
     help=(
         "CartPole offline policy evaluation (paper section 5.2, Table 1): trained ensembles vs "
-        "TD-NTK (finite and infinite width) against Monte Carlo returns, over several seeds; "
-        "writes table.md/table.csv, figures and report.md to --out. '--preset quick' takes "
-        "about 5 min on a quiet 2-core CPU; '--preset paper' is GPU-scale and prints a projected "
-        "time first; '--preset tiny' takes seconds. Rerunning the same command resumes an "
-        "interrupted run; --out must be new, empty or an earlier result."
+        "TD-NTK (finite and infinite width, with calibrated intervals and the policy value) "
+        "against Monte Carlo returns, over several seeds; writes table.md/table.csv, figures "
+        "and report.md to --out. '--preset quick' takes about 6 min on a quiet 2-core CPU; "
+        "'--preset paper' is GPU-scale and prints a projected time first; '--preset tiny' "
+        "takes seconds. Rerunning the same command resumes an interrupted run; --out must be "
+        "new, empty or an earlier result."
     ),
 )

@@ -443,12 +443,8 @@ def linearisation_vs_network(cfg: ToyConfig, data, grid: EvalGrid, stages) -> Li
     displacement = np.stack(
         [_flat(_first(_first(res.param_history, r))) - theta0 for r in range(steps.size)]
     )
-    omega = np.asarray(
-        parameter_trajectory(cfg.net, params0, data, steps, cfg.schedule)
-    )
-    q_lin = np.asarray(
-        linearised_q(cfg.net, params0, data, grid.x, steps, cfg.schedule)
-    )
+    omega = np.asarray(parameter_trajectory(cfg.net, params0, data, steps, cfg.schedule))
+    q_lin = np.asarray(linearised_q(cfg.net, params0, data, grid.x, steps, cfg.schedule))
     q_nn = res.q[:, 0, :]
     nn_in, lin_in = grid.split(q_nn)["in"], grid.split(q_lin)["in"]
     return Linearisation(

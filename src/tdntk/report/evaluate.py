@@ -24,7 +24,10 @@ def write_evaluation(result, out, plot_coordinate: int = 0) -> Path:
     values.csv: ``state``, then for a space with Discrete/MultiDiscrete/MultiBinary
     parts the unflattened components (``state_index`` for a Discrete space;
     `spaces.component_names`), then ``obs_0 .. obs_{o-1}`` (the flat observation),
-    the values. `plot_coordinate` indexes the readable columns (`spaces.readable_names`:
+    the values: ``value_mean``, ``value_std`` (the ensemble's), ``value_sampling_std``
+    (jackknife over episodes), ``value_total_std``, ``value_lo_95`` / ``value_hi_95``
+    and ``feasible`` (1 inside the feasible range of the rewards, 0 outside) when the
+    result has them. `plot_coordinate` indexes the readable columns (`spaces.readable_names`:
     the components, or ``obs_j`` for Box-only spaces).
     """
     o = result.states.shape[1]
@@ -41,6 +44,13 @@ def write_evaluation(result, out, plot_coordinate: int = 0) -> Path:
         columns[f"obs_{j}"] = result.states[:, j]
     columns["value_mean"] = result.value_mean
     columns["value_std"] = result.value_std
+    sampling = getattr(result, "sampling_std", None)
+    if sampling is not None:
+        columns["value_sampling_std"] = sampling
+        columns["value_total_std"] = np.sqrt(result.value_std**2 + sampling**2)
+        columns["value_lo_95"] = result.lower
+        columns["value_hi_95"] = result.upper
+        columns["feasible"] = result.feasible.astype(np.int64)
     if result.ensemble_mean is not None:
         columns["ensemble_mean"] = result.ensemble_mean
         columns["ensemble_std"] = result.ensemble_std
@@ -65,13 +75,31 @@ def _preview(names: list[str]) -> str:
 
 
 def _plot(result, x: np.ndarray, label: str) -> bytes:
-    """Predicted values +- 2 std against x (m,) (the state column `label`), as PNG bytes."""
+    """Predicted values with their 95 % intervals (and +- 2 ensemble std) against x (m,)
+    (the state column `label`), the policy value J as a band; PNG bytes."""
     fig, (ax,) = new_figure(size=(7, 4.5))
     t = result.summary["settings"]["t"]
+    if getattr(result, "lower", None) is not None:
+        below, above = result.value_mean - result.lower, result.upper - result.value_mean
+        ax.errorbar(
+            x, result.value_mean, yerr=np.vstack([below, above]), fmt="none", ecolor="0.6",
+            elinewidth=0.8, alpha=0.7, label="95 % interval (ensemble + jackknife over episodes)",
+        )  # fmt: skip
     ax.errorbar(
         x, result.value_mean, yerr=2 * result.value_std, fmt="o", ms=3, alpha=0.6,
         elinewidth=0.8, label=f"TD-NTK ensemble mean $\\pm$ 2 std (t = {t:g})",
     )  # fmt: skip
+    value = result.summary.get("policy_value")
+    if value is not None and np.all(np.isfinite(value["interval_95"])):
+        lo, hi = value["interval_95"]
+        ax.axhspan(lo, hi, color="tab:green", alpha=0.12)
+        text = f"policy value J = {value['mean']:.3g}, 95 % [{lo:.3g}, {hi:.3g}]"
+        ax.axhline(value["mean"], color="tab:green", linewidth=1, label=text)
+    if getattr(result, "feasible", None) is not None:
+        if not np.all(result.feasible):
+            bad = ~result.feasible
+            ax.plot(x[bad], result.value_mean[bad], "x", color="tab:red", ms=6,
+                    label="outside the feasible range")  # fmt: skip
     if result.ensemble_mean is not None:
         members = result.summary["ensemble"]["members"]
         ax.errorbar(

@@ -158,21 +158,51 @@ class Claim:
     verdict: str  # "reproduced", "partly" or "not reproduced"
     number: str
     rule: str
+    meaningful: bool = True  # False for smoke-test settings (`smoke_test_reason`)
 
 
 def _verdict(ok: bool, partly: bool = False) -> str:
     return "reproduced" if ok else ("partly" if partly else "not reproduced")
 
 
+def smoke_test_reason(cfg) -> str | None:
+    """Why a run is too small for its verdicts to mean anything (None: it is not): ensembles
+    of fewer than 4 networks (or initialisations) or fewer than 256 training steps."""
+    sizes = [
+        ("members", cfg.members),
+        ("mc_inits", cfg.mc_inits),
+        ("target_members", cfg.target_members),
+        ("width_members", cfg.width_members),
+    ]
+    if cfg.width_mc_inits:
+        sizes.append(("width_mc_inits", cfg.width_mc_inits))
+    small = [f"{name} = {value} (< 4)" for name, value in sizes if value < 4]
+    if cfg.steps < 256:
+        small.append(f"steps = {cfg.steps} (< 256)")
+    return "smoke-test settings: " + ", ".join(small) if small else None
+
+
 def assess_claims(res) -> list[Claim]:
-    """The paper's claims for sec. 5.1 (and the width check), each decided by a rule."""
-    return [
+    """The paper's claims for sec. 5.1 (and the width check), each decided by a rule; marked
+    not meaningful for smoke-test settings."""
+    claims = [
         *_fig1_claims(res),
         *_fig2_3_claims(res),
         *_fig4_claims(res),
         *_fig7_claims(res),
         *_width_claims(res),
     ]
+    if smoke_test_reason(res.config) is None:
+        return claims
+    return [dataclasses.replace(c, meaningful=False) for c in claims]
+
+
+def verdict_cell(claim: Claim) -> str:
+    """The report's verdict cell: ``**reproduced**``, or for a smoke test
+    ``**not meaningful** (the rule gives: reproduced)``."""
+    if claim.meaningful:
+        return f"**{claim.verdict}**"
+    return f"**not meaningful** (the rule gives: {claim.verdict})"
 
 
 def _fig1_claims(res) -> list[Claim]:
@@ -382,8 +412,6 @@ def _width_claims(res) -> list[Claim]:
                 )
             )
     return claims
-
-
 
 
 # ---------------------------------------------------------------------- figures
@@ -650,6 +678,18 @@ _CAPTIONS = {
 }
 
 
+def _smoke_banner(cfg) -> str:
+    reason = smoke_test_reason(cfg)
+    if reason is None:
+        return ""
+    return (
+        f"**The verdicts below are not meaningful**: {reason}. The rules are applied (and "
+        "shown) so the pipeline is exercised; with 2 networks an ensemble's mean and std are "
+        "noise, so a verdict (e.g. on the width sweep) can contradict its own figure. Run "
+        "`--preset quick` or larger.\n"
+    )
+
+
 def _report_md(res, tables: dict, claims: list[Claim]) -> str:
     cfg = res.config
     settings = dataclasses.asdict(cfg)
@@ -672,12 +712,13 @@ def _report_md(res, tables: dict, claims: list[Claim]) -> str:
         "",
         "## Claims of sec. 5.1",
         "",
+        _smoke_banner(cfg),
         _md_table(
             [
                 {
                     "figure": c.figure,
                     "claim": c.claim,
-                    "verdict": f"**{c.verdict}**",
+                    "verdict": verdict_cell(c),
                     "deciding number": c.number,
                     "rule": c.rule,
                 }

@@ -67,13 +67,11 @@ def krylov_bytes(n_inputs: int, p: int, rank: int, max_iterations: int, cached: 
 
 
 def choose_solver(solver, n_inputs: int, p: int, td_finite_t: bool, available: int, mlp: bool):
-    """"dense" or a `Krylov` for ``solver`` ("auto", "dense", "krylov" or a `Krylov`)."""
+    """ "dense" or a `Krylov` for ``solver`` ("auto", "dense", "krylov" or a `Krylov`)."""
     if isinstance(solver, Krylov):
         return solver
     if solver not in SOLVERS:
-        raise ValueError(
-            f"solver must be one of {SOLVERS} or a tdntk.Krylov(...), got {solver!r}"
-        )
+        raise ValueError(f"solver must be one of {SOLVERS} or a tdntk.Krylov(...), got {solver!r}")
     if solver == "krylov":
         return Krylov()
     if solver == "dense" or not mlp:
