@@ -1120,7 +1120,8 @@ def _command_settings(cmd: EvaluateCommand) -> dict:
     for key in ("out", "overwrite", "checkpoint_every_s", "progress"):
         settings.pop(key)
     policy_file = None if cmd.policy is None else cmd.policy.rpartition(":")[0]
-    files = {"data": cmd.data, "states": cmd.states, "policy": policy_file}
+    files = {"data": cmd.data, "states": cmd.states, "initial_states": cmd.initial_states,
+             "policy": policy_file}  # fmt: skip
     settings["sha256"] = {
         k: file_digest(v) for k, v in files.items() if v is not None and Path(v).is_file()
     }
@@ -1142,7 +1143,8 @@ def run(cmd: EvaluateCommand) -> ValueEstimate:
     (a new or empty folder, or an earlier `tdntk evaluate` result: `tdntk.files.OutputFolder`);
     an interrupted --ensemble training resumes when the same command is rerun."""
     policy_file = None if cmd.policy is None else cmd.policy.rpartition(":")[0]
-    inputs = {"--data": cmd.data, "--states": cmd.states, "--policy": policy_file}
+    inputs = {"--data": cmd.data, "--states": cmd.states,
+              "--initial-states": cmd.initial_states, "--policy": policy_file}  # fmt: skip
     with open_output(cmd.out, "evaluate", _command_settings(cmd), cmd.overwrite, inputs) as folder:
         result = _run(cmd, folder)
         folder.complete()
