@@ -144,7 +144,7 @@ def _class_default(cls, path):
 def _option(path, f, tp, base, cls) -> click.Option:
     flag = "--" + path[-1].replace("_", "-")
     default = _get(base, path) if base is not None else _class_default(cls, path)
-    shown = "" if default is None else f" [default: {_show(default)}]"
+    shown = "" if default is None or default == () else f" [default: {_show(default)}]"
     help_text = f.metadata.get("help", "") + shown
     required = bool(f.metadata.get("required")) and default is None
     if _unwrap_optional(tp) is bool:

@@ -49,7 +49,7 @@ from scipy import stats
 
 from .data import Transitions
 from .dynamics import DivergenceWarning, LearningRateWarning, Schedule
-from .predict import TDNTK
+from .predict import TDNTK, as_kernel_fn
 
 __all__ = [
     "FixedPointResampler",
@@ -131,16 +131,6 @@ def episode_groups(episode_ids, max_groups: int, seed: int = 0) -> tuple[np.ndar
 
 
 # ---------------------------------------------------------------------- refits
-def _kernel_fn(kernels) -> Callable:
-    fn = getattr(kernels, "kernels", kernels)
-    if not callable(fn):
-        raise TypeError(
-            "kernels must be an MLP (or any object with a .kernels(x1, x2) method) or a "
-            f"callable (x1, x2) -> (nngp, ntk), got {type(kernels).__name__}"
-        )
-    return fn
-
-
 class FixedPointResampler:
     """The TD fixed point at t = inf for the data reweighted per transition, kernels once.
 
@@ -169,7 +159,7 @@ class FixedPointResampler:
         x_test = np.asarray(x_test, dtype=np.float64)
         if x_test.ndim != 2 or x_test.shape[1] != data.input_dim:
             raise ValueError(f"x_test must have shape (M, {data.input_dim}), got {x_test.shape}")
-        fn = _kernel_fn(kernels)
+        fn = as_kernel_fn(kernels)
         n, k = data.n, data.k
         self.data = data
         train, self._x_index = np.unique(data.x, axis=0, return_inverse=True)
@@ -233,7 +223,7 @@ class KernelCache:
     """
 
     def __init__(self, kernels, inputs):
-        fn = _kernel_fn(kernels)
+        fn = as_kernel_fn(kernels)
         unique = np.unique(np.asarray(inputs, dtype=np.float64) + 0.0, axis=0)
         self._index = {row.tobytes(): i for i, row in enumerate(unique)}
         nngp, ntk = fn(unique, unique)

@@ -64,7 +64,8 @@ class Prediction:
         return np.sqrt(np.maximum(self.var, 0.0))
 
 
-def _kernel_fn(kernels) -> KernelFn:
+def as_kernel_fn(kernels) -> KernelFn:
+    """The (x1, x2) -> (nngp, ntk) function of an MLP (its ``.kernels``) or of a callable."""
     fn = getattr(kernels, "kernels", kernels)
     if not callable(fn):
         raise TypeError(
@@ -79,7 +80,7 @@ def _device_kernel_fn(kernels):
     device = getattr(kernels, "device_kernels", None)
     if device is not None:
         return device
-    fn = _kernel_fn(kernels)
+    fn = as_kernel_fn(kernels)
 
     def wrapped(x1, x2):
         nngp, ntk = fn(x1, x2)
@@ -123,7 +124,7 @@ class TDNTK:
             raise TypeError(
                 f"schedule must be a Schedule(learning_rate, target, time, loss), got {schedule!r}"
             )
-        self.kernel_fn = _kernel_fn(kernels)
+        self.kernel_fn = as_kernel_fn(kernels)
         self.data = data
         self.schedule = schedule
         self.reduced = reduce_transitions(data, td=schedule.target is not None)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import gymnasium
 import numpy as np
 
-from .offline import OfflineData
+from .offline import REQUIRED_ARRAYS, OfflineData
 from .policies import (
     UniformRandomPolicy,
     check_action,
@@ -135,19 +135,7 @@ def collect(
 
 
 def _rollout(env, actor: _Actor, n: int, seed: int, progress: bool) -> dict:
-    rows: dict[str, list] = {
-        k: []
-        for k in (
-            "observations",
-            "actions",
-            "rewards",
-            "next_observations",
-            "terminated",
-            "truncated",
-            "next_actions",
-            "episode_ids",
-        )
-    }
+    rows: dict[str, list] = {k: [] for k in (*REQUIRED_ARRAYS, "next_actions", "episode_ids")}
     probs_rows: list = []
     bar = _progress(n, progress)
     space = env.observation_space
