@@ -49,6 +49,36 @@ def test_krylov_equals_dense(target, time):
     np.testing.assert_allclose(krylov.cov, dense.cov, rtol=0, atol=1e-9 * np.abs(dense.cov).max())
 
 
+def _trajectory_problem(n: int, seed: int = 0):
+    """SARSA data from random-walk trajectories, reward 1, gamma 0.99: chains of ~50
+    bootstrapping steps, where restarted GMRES stalls (its residual stays at ~1)."""
+    rng = np.random.default_rng(seed)
+    state = rng.normal(size=(n + 1, 4)).cumsum(axis=0) * 0.05
+    x = np.hstack([state, np.eye(2)[rng.integers(0, 2, n + 1)]])
+    ends = rng.random(n) < 0.02
+    data = tdntk.Transitions.from_gamma(x[:n], np.ones(n), x[1:], 0.99, terminated=ends)
+    return data, x[rng.choice(n, 40, replace=False)]
+
+
+def test_td_fixed_point_on_long_bootstrapping_chains():
+    """t = inf of TD on trajectory data equals the dense route's and satisfies the averaged
+    Bellman equation at the data (independent check: Q(x) - r - gamma Q(x') = 0 where the
+    next input is the next transition's input)."""
+    data, x_test = _trajectory_problem(600)
+    schedule = Schedule(1e-4, SoftTarget(1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tdntk.LearningRateWarning)
+        dense = tdntk.TDNTK(NET, data, schedule, solver="dense").predict(x_test, np.inf)
+        model = tdntk.TDNTK(NET, data, schedule, solver=Krylov(tol=1e-9, rank=128))
+        krylov = model.predict(np.vstack([x_test, data.x]), np.inf, full_cov=False)
+    assert model.solver.report.solves[-1]["converged"], model.solver.report
+    q_test, q_data = krylov.mean[0, :40], krylov.mean[0, 40:]
+    scale = np.abs(dense.mean).max()
+    np.testing.assert_allclose(q_test, dense.mean[0], rtol=0, atol=1e-6 * scale)
+    residual = q_data[:-1] - 1.0 - data.discount[:-1] * q_data[1:]
+    assert np.abs(residual).max() < 1e-5 * scale, np.abs(residual).max()
+
+
 def test_low_rank_covariance_is_conservative_for_regression():
     """gamma = 0 is kernel regression: the rank-k projection replaces Theta^+ by
     B (B^T Theta B)^+ B^T, which is smaller in the Loewner order, so at t = inf the

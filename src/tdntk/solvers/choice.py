@@ -27,12 +27,12 @@ class Krylov:
     """Settings of the matrix-free route (``TDNTK(..., solver=Krylov(...))``).
 
     Args:
-        tol: relative tolerance of every Krylov solve (basis growth, CG, GMRES).
+        tol: relative tolerance of every Krylov solve (basis growth, CG, BiCGStab, GMRES).
         rank: k, the rank of the Galerkin projection behind the covariance,
             the critical learning rate and the stability check (capped at p).
         cache_bytes: keep both kernels in device memory when they fit in this
             many bytes (None: half the free memory; 0: never).
-        max_iterations: cap on Krylov basis sizes and CG / GMRES steps.
+        max_iterations: cap on Krylov basis sizes and CG / BiCGStab / GMRES kernel products.
     """
 
     tol: float = 1e-8

@@ -16,8 +16,11 @@ reduced coordinates of `tdntk.reduced` (p groups):
   Arnoldi basis (`matfree.decomp.hessenberg`), phi_1 of the small Hessenberg
   matrix by the augmented exponential with squaring; discrete time: the sum
   of powers of the step map of eq. 12 the same way. t = inf: GMRES
-  (`lineax.GMRES`) on the projected system ``(A - S) a = U^T r`` (theory page:
-  the minimum-norm TD fixed point), preconditioned by the factor of A.
+  BiCGStab (`lineax.BiCGStab`) on the projected system ``(A - S) a = U^T r``
+  (theory page: the minimum-norm TD fixed point), preconditioned by the factor
+  of A, and GMRES (`lineax.GMRES`, restarted every 100 steps) from where it
+  stopped if it breaks down. Restarted GMRES alone stalls on trajectory data
+  (long chains of bootstrapping make ``A - S`` far from normal).
   Each Krylov basis grows (doubling) until the answer changes by less than
   `tol` relative between its last two sizes; CG and GMRES stop at relative
   residual `tol`. Iterations and residuals are reported (`KrylovReport`).
@@ -342,35 +345,40 @@ class KrylovSolver:
         return scale if np.isfinite(scale) and scale > 0 else 1.0
 
     def _fixed_point(self, schedule: Schedule, v) -> jax.Array:
-        """t = inf: ``H^+ v`` (CG), ``A^-1 v`` (tau = 0, CG) or ``(A - S)^-1 v`` (GMRES)."""
-        kind = "cg" if schedule.target is None or schedule.target.tau == 0 else "gmres"
-        tick = time.perf_counter()
-        scale = self._solution_scale(kind, v)
-        x, steps, ok = _fixed_run(
-            self._ops, kind, self.max_iterations, self.tol, self.state, v, self._factor,
-            self._shift, scale,
-        )  # fmt: skip
-        residual = float(
-            jnp.linalg.norm(_fixed_operator(self._ops, kind, self.state)(x) - v)
-            / jnp.linalg.norm(v)
-        )
-        converged = residual <= 10 * self.tol  # the measured residual decides, not the flag
-        name = kind.upper()
-        log.info("%s at t = inf: %d steps, relative residual %.2g (tolerance %g; %.1f s)", name,
-                 int(steps), residual, self.tol, time.perf_counter() - tick)  # fmt: skip
-        self.report.solves.append(
-            {"method": name, "iterations": int(steps) + 1, "residual": residual,
-             "converged": converged}
-        )  # fmt: skip
-        if not converged:
-            warnings.warn(
-                f"{name}: stopped at relative residual {residual:.2g} after {int(steps)} steps "
-                f"(tolerance {self.tol:g}); the value at t = inf is NaN",
-                ConvergenceWarning,
-                stacklevel=5,
+        """t = inf: ``H^+ v`` (CG), ``A^-1 v`` (tau = 0, CG) or ``(A - S)^-1 v`` (BiCGStab,
+        then restarted GMRES from where it stopped if it breaks down; restarted GMRES alone
+        stalls on the long chains of bootstrapping that trajectory data make)."""
+        kinds = ("cg",) if schedule.target is None or schedule.target.tau == 0 else (
+            "bicgstab", "gmres")  # fmt: skip
+        scale = self._solution_scale(kinds[0], v)
+        x = jnp.zeros_like(v)
+        for kind in kinds:
+            tick = time.perf_counter()
+            x, steps = _fixed_run(
+                self._ops, kind, self.max_iterations, self.tol, self.state, v, self._factor,
+                self._shift, scale, x,
+            )  # fmt: skip
+            residual = float(
+                jnp.linalg.norm(_fixed_operator(self._ops, kind, self.state)(x) - v)
+                / jnp.linalg.norm(v)
             )
-            return jnp.full((self.reduced.p,), jnp.nan)
-        return x
+            converged = residual <= 10 * self.tol  # the measured residual decides, not the flag
+            name = "BiCGStab" if kind == "bicgstab" else kind.upper()
+            log.info("%s at t = inf: %d steps, relative residual %.2g (tolerance %g; %.1f s)",
+                     name, int(steps), residual, self.tol, time.perf_counter() - tick)  # fmt: skip
+            self.report.solves.append(
+                {"method": name, "iterations": int(steps), "residual": residual,
+                 "converged": converged}
+            )  # fmt: skip
+            if converged:
+                return x
+        warnings.warn(
+            f"{name}: stopped at relative residual {residual:.2g} after {int(steps)} steps "
+            f"(tolerance {self.tol:g}); the value at t = inf is NaN",
+            ConvergenceWarning,
+            stacklevel=5,
+        )
+        return jnp.full((self.reduced.p,), jnp.nan)
 
 
 # ---------------------------------------------------------------------- pure operators
@@ -466,11 +474,17 @@ def _fixed_operator(ops: _Ops, kind: str, state):
     return td
 
 
+GMRES_RESTART = 100
+
+
 @functools.partial(backend_jit, static_argnames=("ops", "kind", "max_steps", "tol"))
-def _fixed_run(ops: _Ops, kind: str, max_steps: int, tol: float, state, v, factor, shift, scale):
-    """(x, steps, success) of CG (kind "cg") or GMRES on the reduced system, preconditioned
-    by ``(F F^T + s I)^-1``. The unknown is solved for as ``z = x / scale`` with an
-    absolute tolerance ``tol * rms(v)`` in root-mean-square norms (module docstring)."""
+def _fixed_run(
+    ops: _Ops, kind: str, max_steps: int, tol: float, state, v, factor, shift, scale, x0
+):
+    """(x, kernel products) of CG (kind "cg"), GMRES or BiCGStab on the reduced system from
+    ``x0``, preconditioned by ``(F F^T + s I)^-1``, at most ``max_steps`` kernel products.
+    The unknown is solved for as ``z = x / scale`` with an absolute tolerance
+    ``tol * rms(v)`` in root-mean-square norms (module docstring)."""
     structure = jax.ShapeDtypeStruct((ops.p,), v.dtype)
     precond = lx.FunctionLinearOperator(
         lambda x: _woodbury(factor, shift, x) / scale, structure,
@@ -482,18 +496,24 @@ def _fixed_run(ops: _Ops, kind: str, max_steps: int, tol: float, state, v, facto
     def rms(x):
         return jnp.sqrt(jnp.mean(x**2))
 
+    restart = min(ops.p, GMRES_RESTART)
     if kind == "cg":
         op = lx.FunctionLinearOperator(
             lambda z: scale * op_fn(z), structure, tags=lx.positive_semidefinite_tag
         )
-        solver = lx.CG(rtol=0.0, atol=atol, norm=rms, max_steps=max_steps)
+        solver, per_step = lx.CG(rtol=0.0, atol=atol, norm=rms, max_steps=max_steps), 1
     else:
         op = lx.FunctionLinearOperator(lambda z: scale * op_fn(z), structure)
-        solver = lx.GMRES(rtol=0.0, atol=atol, norm=rms, max_steps=max_steps,
-                          restart=min(ops.p, 100), stagnation_iters=20)  # fmt: skip
-    sol = lx.linear_solve(op, v, solver, options={"preconditioner": precond}, throw=False)
-    steps = sol.stats["num_steps"] * (1 if kind == "cg" else min(ops.p, 100))  # GMRES: cycles
-    return scale * sol.value, steps, sol.result == lx.RESULTS.successful
+        if kind == "gmres":  # lineax counts GMRES steps in restart cycles
+            per_step = restart
+            solver = lx.GMRES(rtol=0.0, atol=atol, norm=rms, max_steps=max(1, max_steps // restart),
+                              restart=restart, stagnation_iters=3)  # fmt: skip
+        else:
+            per_step = 2
+            solver = lx.BiCGStab(rtol=0.0, atol=atol, norm=rms, max_steps=max(1, max_steps // 2))
+    options = {"preconditioner": precond, "y0": x0 / scale}
+    sol = lx.linear_solve(op, v, solver, options=options, throw=False)
+    return scale * sol.value, sol.stats["num_steps"] * per_step
 
 
 @functools.partial(jax.jit, static_argnames=("ops", "rank"))
