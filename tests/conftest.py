@@ -32,3 +32,14 @@ def problem():
 @pytest.fixture
 def net():
     return tdntk.MLP(depth=2, width=512, activation="relu", weight_var=1.0, bias_var=0.1)
+
+
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler for the test: a process started in the background by a
+    non-interactive shell inherits SIGINT ignored, and then Ctrl-C cannot be simulated."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -224,7 +224,9 @@ def test_a_failure_before_any_saved_work_leaves_nothing(tmp_path):
 
 
 # ---------------------------------------------------------------------- Ctrl-C
-def test_ctrl_c_during_ensemble_training_prints_the_command_that_resumes(tmp_path, monkeypatch):
+def test_ctrl_c_during_ensemble_training_prints_the_command_that_resumes(
+    tmp_path, monkeypatch, python_sigint
+):
     data = _dataset(tmp_path / "d.npz")
     args = ["evaluate", "--data", data, "--t", 40, "--ensemble", 2, "--width", 16,
             "--learning-rate", 0.05, "--no-progress", "--checkpoint-every-s", "inf"]  # fmt: skip

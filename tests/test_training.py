@@ -207,7 +207,7 @@ def test_mid_chunk_wall_clock_checkpoint_resumes_bit_for_bit(tmp_path, monkeypat
     assert np.max(np.abs(full.q[-1] - full.q[0])) > 1e-3  # training moved the outputs
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+def test_ctrl_c_saves_a_checkpoint_and_resumes_bit_for_bit(tmp_path, monkeypatch, python_sigint):
     """SIGINT during a compiled call: training stops after it with a checkpoint (no record
     point there, no interval due) and KeyboardInterrupt; resuming gives the uninterrupted run."""
     import signal

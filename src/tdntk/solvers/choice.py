@@ -1,9 +1,12 @@
 """Which route computes the closed form: the memory each needs, and ``solver="auto"``.
 
-* dense: both kernels on the N distinct inputs (2 N^2 floats), the p x p
-  driving kernel, its eigenvectors and Kbar (~4 p^2), the test blocks
-  (2 b N for b = 2048 rows); TD at a finite t adds the 3r x 3r augmented
-  exponential and the cached semigroup (~30 p^2).
+* dense: both kernels on the N distinct inputs (2 N^2 floats) and, while
+  they are built and mapped to the p coordinates, as many again in blocks
+  and gathered rows (~8 N^2 at the peak, measured: 4.6 GB at N = 8,194,
+  p = 4,000), the p x p driving kernel, its eigenvectors and Kbar (~6 p^2),
+  the test blocks (2 b N for b = 2048 rows); TD at a finite t adds the
+  3r x 3r augmented exponential and the cached semigroup (~60 p^2, measured:
+  8.5 GB at N = p = 4,001).
 * krylov: the kernels are touched in row blocks of ~4M entries (or cached
   when 2 N^2 floats fit, see `KernelProducts`); Krylov bases of up to
   `max_iterations` vectors of length 2p, and the rank-k projection
@@ -51,9 +54,9 @@ class Krylov:
 
 def dense_bytes(n_inputs: int, p: int, td_finite_t: bool, block_rows: int = 2048) -> int:
     """Peak bytes of the dense route (module docstring)."""
-    words = 2.0 * n_inputs**2 + 4.0 * p**2 + 2.0 * block_rows * n_inputs
+    words = 8.0 * n_inputs**2 + 6.0 * p**2 + 2.0 * block_rows * n_inputs
     if td_finite_t:
-        words += 30.0 * p**2
+        words += 60.0 * p**2
     return int(8 * words)
 
 

@@ -90,7 +90,7 @@ class KernelProducts:
         )
         self.state = {"y": jnp.asarray(inputs)}
         if self.spec.cached:
-            k, theta = _full(self.spec, self.state["y"], self.state["y"])
+            k, theta = _cache(self.spec, self.state["y"])
             self.state = {"y": self.state["y"], "k": k, "theta": theta}
 
     @property
@@ -120,11 +120,22 @@ def kernel_products(spec: ProductSpec, state: dict, v):
     return _stream(spec, state["y"], state["y"], v)
 
 
-def _full(spec: ProductSpec, x, y):
-    """(K, Theta) (m, N) of x (m, d) against y, computed in row blocks."""
-    parts = [_kernel_recursion(x[s : s + spec.block_rows], y, **dict(spec.kernel))
-             for s in range(0, x.shape[0], spec.block_rows)]  # fmt: skip
-    return jnp.concatenate([p[0] for p in parts]), jnp.concatenate([p[1] for p in parts])
+def _cache(spec: ProductSpec, y):
+    """(K, Theta) (N, N) of y, written in place block by block (donated buffers), so the
+    peak is the two kernels and one block, not twice the kernels (as concatenating is)."""
+    n = y.shape[0]
+    rows = max(1, min(n, 4 * BLOCK_ENTRIES // n))
+    k, theta = jnp.zeros((n, n), y.dtype), jnp.zeros((n, n), y.dtype)
+    for start in range(0, n, rows):  # the last block overlaps the one before: same values
+        k, theta = _fill_rows(spec, rows, k, theta, y, min(start, n - rows))
+    return k, theta
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "rows"), donate_argnums=(2, 3))
+def _fill_rows(spec: ProductSpec, rows: int, k, theta, y, start):
+    kb, tb = _kernel_recursion(jax.lax.dynamic_slice_in_dim(y, start, rows), y, **dict(spec.kernel))
+    return (jax.lax.dynamic_update_slice_in_dim(k, kb, start, 0),
+            jax.lax.dynamic_update_slice_in_dim(theta, tb, start, 0))  # fmt: skip
 
 
 def backend_jit(fn, static_argnames=()):
