@@ -13,8 +13,11 @@ test inputs. Printed, from one run:
   N^2 for dense and in N for krylov);
 * the matrix-free route's error against the dense route where both ran
   (mean: relative to max |mean|; std: relative to the prior std);
-* projections to n = 10^5 (CPU) and 10^6, labelled as projections, from the
-  fitted exponent; a GPU run replaces the projection when one is lent
+* projections to n = 10^5 (CPU) and 10^6, labelled as projections: dense
+  from its fitted time exponent; krylov from its kernel products (fitted in n)
+  times one product with the kernels streamed (measured at the largest N,
+  scaled by N^2), since the measured sizes keep the kernels cached and the
+  projected ones cannot; a GPU run replaces the projection when one is lent
   (``--max-n 1000000`` on the device machine).
 
 Run: .venv/bin/python benchmarks/bench_scale.py [--sizes 1000 4000 16384] [--max-n N]
@@ -85,6 +88,22 @@ def run_case(n: int, solver: str, tol: float, rank: int, path: str) -> dict | No
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def project_streamed(sel: list[dict], streamed: tuple[int, float]) -> None:
+    """Projections where the kernels no longer fit in memory: kernel products (fitted in n)
+    times one streamed product (measured at N, scaled by N^2)."""
+    ns = np.array([r["n"] for r in sel], float)
+    pa, pb = fit_exponent(ns, [r["iterations"] for r in sel])
+    n_meas, seconds = streamed
+    print(f"    kernel products ~ n^{pa:.2f}; one streamed product (kernels not cached) at "
+          f"N = {n_meas:,}: {seconds:.2f} s")  # fmt: skip
+    for target in (100_000, 1_000_000):
+        products = np.exp(pb) * target**pa
+        hours = products * seconds * (target / n_meas) ** 2 / 3600
+        print(f"    projection (not measured) at n = {target:,}: {products:,.0f} products x "
+              f"{seconds * (target / n_meas) ** 2:.0f} s = {hours:,.0f} h on this machine "
+              "(kernels streamed)")  # fmt: skip
+
+
 def fit_exponent(ns, values) -> tuple[float, float]:
     """log(value) = a log(n) + b: (a, b)."""
     a, b = np.polyfit(np.log(ns), np.log(values), 1)
@@ -122,10 +141,32 @@ def main():
                   + ("" if row["iterations"] is None else
                      f", {row['iterations']} kernel products, cached={row['cached']}")
                   + f" ({time.perf_counter() - tick:.0f} s with start-up)")  # fmt: skip
-    summarise(rows)
+    summarise(rows, streamed_product_seconds(max(r["distinct"] for r in rows)))
 
 
-def summarise(rows: list[dict]) -> None:
+STREAM = """
+import sys, time, numpy as np, jax, jax.numpy as jnp
+import tdntk
+from tdntk.solvers.kernel_products import KernelProducts
+x = np.random.default_rng(0).normal(size=({n}, 6))
+with jax.enable_x64(True):
+    kp = KernelProducts(tdntk.MLP(2, 256), x, cache_bytes=0)
+    v = jnp.ones(({n}, 1))
+    jax.block_until_ready(kp(v))
+    tick = time.perf_counter()
+    jax.block_until_ready(kp(v))
+    print(time.perf_counter() - tick)
+"""
+
+
+def streamed_product_seconds(n: int) -> tuple[int, float]:
+    """(N, seconds of one kernel product at N inputs with the kernels streamed, not cached)."""
+    proc = subprocess.run([sys.executable, "-c", STREAM.format(n=n)], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    return n, float(proc.stdout.strip().splitlines()[-1])
+
+
+def summarise(rows: list[dict], streamed: tuple[int, float]) -> None:
     gib = 24 * 2**30
     print("\nfitted growth (time ~ n^a) and the largest n in 24 GiB:")
     for solver in ("dense", "krylov"):
@@ -141,9 +182,11 @@ def summarise(rows: list[dict]) -> None:
         print(f"  {solver}: time ~ n^{a:.2f}; memory ~ {coef[0]:.3g} n^{power} + "
               f"{coef[1] / 2**30:.2f} GiB -> largest n in 24 GiB ~ {largest:,.0f}")  # fmt: skip
         for target in (100_000, 1_000_000):
-            if target > ns.max():
+            if target > ns.max() and solver == "dense":
                 print(f"    projection (not measured) at n = {target:,}: "
                       f"{np.exp(b) * target**a / 3600:.1f} h on this machine")  # fmt: skip
+        if solver == "krylov":
+            project_streamed(sel, streamed)
     print("\nmatrix-free vs dense where both ran (relative errors):")
     for r in rows:
         if r["solver"] != "krylov":
