@@ -238,35 +238,24 @@ def summarise(setting, rows) -> list[dict]:
     out = []
     diverged = sum(not np.isfinite(r["j"]) for r in rows)
     rows = [r for r in rows if np.isfinite(r["j"]) and np.all(np.isfinite(r["v"]))]
-    j = np.array([r["j"] for r in rows])
-    ens = np.array([r["j_ens"] for r in rows])
-    truth = np.full(j.size, setting["true_j"])
-    methods = {
-        "ensemble": (j - LEVEL_Z * ens, j + LEVEL_Z * ens),
-        "jackknife": (np.array([r["j_lo"] for r in rows]), np.array([r["j_hi"] for r in rows])),
-    }
-    if "j_boot_sd" in rows[0]:
-        sd = np.hypot(ens, np.array([r["j_boot_sd"] for r in rows]))
-        methods["bootstrap"] = (j - LEVEL_Z * sd, j + LEVEL_Z * sd)
-    for name, (lo, hi) in methods.items():
-        out.append({"setting": setting["name"], "quantity": "J", "method": name,
-                    "diverged": diverged} | _score(j, lo, hi, truth))  # fmt: skip
-    v = np.concatenate([r["v"] for r in rows])
-    ens = np.concatenate([r["v_ens"] for r in rows])
-    truth = np.concatenate([r["v_true"] for r in rows])
-    methods = {
-        "ensemble": (v - LEVEL_Z * ens, v + LEVEL_Z * ens),
-        "jackknife": (
-            np.concatenate([r["v_lo"] for r in rows]),
-            np.concatenate([r["v_hi"] for r in rows]),
-        ),  # fmt: skip
-    }
-    if "v_boot_sd" in rows[0]:
-        sd = np.hypot(ens, np.concatenate([r["v_boot_sd"] for r in rows]))
-        methods["bootstrap"] = (v - LEVEL_Z * sd, v + LEVEL_Z * sd)
-    for name, (lo, hi) in methods.items():
-        out.append({"setting": setting["name"], "quantity": "V(s)", "method": name,
-                    "diverged": diverged} | _score(v, lo, hi, truth))  # fmt: skip
+    truth_j = np.full(len(rows), setting["true_j"])
+    for quantity, key, truth in (("J", "j", truth_j), ("V(s)", "v", None)):
+
+        def col(name):  # one value (J) or an array (V) per dataset, stacked
+            return np.hstack([r[name] for r in rows])
+
+        est, ens = col(key), col(f"{key}_ens")
+        truth = col("v_true") if truth is None else truth
+        methods = {
+            "ensemble": (est - LEVEL_Z * ens, est + LEVEL_Z * ens),
+            "jackknife": (col(f"{key}_lo"), col(f"{key}_hi")),
+        }
+        if f"{key}_boot_sd" in rows[0]:
+            sd = np.hypot(ens, col(f"{key}_boot_sd"))
+            methods["bootstrap"] = (est - LEVEL_Z * sd, est + LEVEL_Z * sd)
+        for name, (lo, hi) in methods.items():
+            out.append({"setting": setting["name"], "quantity": quantity, "method": name,
+                        "diverged": diverged} | _score(est, lo, hi, truth))  # fmt: skip
     return out
 
 

@@ -208,7 +208,8 @@ class FixedPointResampler:
 
 
 def refit_td_inf(kernels, data: Transitions, x_test) -> Callable[[np.ndarray], np.ndarray]:
-    """``keep (n,) bool -> Q (M,)``: the TD fixed point at t = inf on the kept transitions."""
+    """``keep (n,) bool -> Q (M,)`` at x_test (M, d): the TD fixed point at t = inf on the
+    kept transitions."""
     resampler = FixedPointResampler(kernels, data, x_test)
     return lambda keep: resampler.predict(np.asarray(keep, dtype=np.float64))
 
@@ -245,11 +246,11 @@ class KernelCache:
 
 
 def refit_general(kernels, data: Transitions, schedule: Schedule, t: float, x_test, solver="dense"):
-    """``keep (n,) bool -> Q (M,)``: any schedule and time, by building `TDNTK` on the kept
-    transitions. Dense (``solver="dense"``): kernels from one `KernelCache` over every
-    input, the factorisation and the dynamics recomputed each time. Matrix-free (a
-    `tdntk.solvers.choice.Krylov`): nothing cached (it would not fit), each refit
-    computes its kernel products anew."""
+    """``keep (n,) bool -> Q (M,)`` at x_test (M, d): any schedule and time, by building
+    `TDNTK` on the kept transitions. Dense (``solver="dense"``): kernels from one
+    `KernelCache` over every input, the factorisation and the dynamics recomputed each
+    time. Matrix-free (a `tdntk.solvers.choice.Krylov`): nothing cached (it would not
+    fit), each refit computes its kernel products anew."""
     if solver == "dense":
         kernels = KernelCache(kernels, np.concatenate([data.x, data.x_next_flat, x_test]))
 

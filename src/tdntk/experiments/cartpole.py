@@ -82,9 +82,9 @@ from ..policy_value import (
     quadratic_std,
 )
 from ..predict import TDNTK
-from ..training import CHECKPOINT_EVERY_S, init_ensemble, train_ensemble
+from ..training import init_ensemble, train_ensemble
 from .cartpole_policy import PolicyTraining, train_cartpole_policy
-from .command import Command
+from .command import Command, checkpoint_option, doc, overwrite_option, progress_option
 from .stages import Stages
 
 __all__ = [
@@ -127,67 +127,54 @@ TRUE_J_EPISODES = 4096
 SPLITS = ("train", "train-init", "test")
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass(frozen=True)
 class CartPoleConfig:
     """Settings of the CartPole experiment (defaults: the paper's, sec. 5.2 and app. D.2)."""
 
-    out: str = field(default="runs/cartpole", metadata=_help("Output folder (report.md, table)."))
-    seeds: int = field(default=5, metadata=_help("Seeds of dataset and initialisation (0..k-1)."))
-    n_transitions: int = field(default=2048, metadata=_help("Transitions in each dataset."))
-    gamma: float = field(default=1.0, metadata=_help("Discount (the paper: 1)."))
+    out: str = field(default="runs/cartpole", metadata=doc("Output folder (report.md, table)."))
+    seeds: int = field(default=5, metadata=doc("Seeds of dataset and initialisation (0..k-1)."))
+    n_transitions: int = field(default=2048, metadata=doc("Transitions in each dataset."))
+    gamma: float = field(default=1.0, metadata=doc("Discount (the paper: 1)."))
     standardize: bool = field(
-        default=True, metadata=_help("Standardise the state part of the inputs (dataset stats).")
+        default=True, metadata=doc("Standardise the state part of the inputs (dataset stats).")
     )
     net: MLP = field(
-        default=MLP(depth=2, width=256), metadata=_help("The network (eq. 3-4): its fields.")
+        default=MLP(depth=2, width=256), metadata=doc("The network (eq. 3-4): its fields.")
     )
-    members: int = field(default=50, metadata=_help("Networks (and linearisations) per seed."))
-    steps: int = field(default=2**16, metadata=_help("Gradient steps at the stable rate."))
+    members: int = field(default=50, metadata=doc("Networks (and linearisations) per seed."))
+    steps: int = field(default=2**16, metadata=doc("Gradient steps at the stable rate."))
     lr_fraction: float = field(
-        default=0.5, metadata=_help("Stable rate = lr_fraction * eta_critical (eq. 11), sum loss.")
+        default=0.5, metadata=doc("Stable rate = lr_fraction * eta_critical (eq. 11), sum loss.")
     )
-    paper_learning_rate: float = field(default=0.1, metadata=_help("The paper's eta (app. D.2)."))
-    paper_steps: int = field(default=2**16, metadata=_help("The paper's training steps."))
+    paper_learning_rate: float = field(default=0.1, metadata=doc("The paper's eta (app. D.2)."))
+    paper_steps: int = field(default=2**16, metadata=doc("The paper's training steps."))
     paper_lr_steps: int = field(
-        default=4096, metadata=_help("Steps of the NNs at the paper's eta (0: skip).")
+        default=4096, metadata=doc("Steps of the NNs at the paper's eta (0: skip).")
     )
-    linearised: bool = field(default=True, metadata=_help("Compute the finite-width lin. rows."))
-    test_states: int = field(default=256, metadata=_help("Fresh initial states (test split)."))
-    mc_rollouts: int = field(default=64, metadata=_help("Monte Carlo rollouts per input."))
+    linearised: bool = field(default=True, metadata=doc("Compute the finite-width lin. rows."))
+    test_states: int = field(default=256, metadata=doc("Fresh initial states (test split)."))
+    mc_rollouts: int = field(default=64, metadata=doc("Monte Carlo rollouts per input."))
     mc_horizon: int = field(
-        default=20_000, metadata=_help("Rollout step cap (the 500-step limit is not applied).")
+        default=20_000, metadata=doc("Rollout step cap (the 500-step limit is not applied).")
     )
     next_action: Literal["sampled", "expected"] = field(
         default="sampled",
-        metadata=_help(
+        metadata=doc(
             "TD target at s': 'sampled' = the logged next action (SARSA, k = 1), 'expected' = "
             "both actions weighted by pi (k = 2)."
         ),
     )
-    policy_seed: int = field(default=0, metadata=_help("Seed of the policy training."))
-    policy_epsilon: float = field(default=0.2, metadata=_help("Action noise of the policy."))
+    policy_seed: int = field(default=0, metadata=doc("Seed of the policy training."))
+    policy_epsilon: float = field(default=0.2, metadata=doc("Action noise of the policy."))
     policy_target_return: float = field(
-        default=150.0, metadata=_help("Moderate mean return the policy training stops at.")
+        default=150.0, metadata=doc("Moderate mean return the policy training stops at.")
     )
     min_std: float = field(
-        default=1e-6, metadata=_help("Floor on predictive stds before NLL/CRPS (reported).")
+        default=1e-6, metadata=doc("Floor on predictive stds before NLL/CRPS (reported).")
     )
-    overwrite: bool = field(
-        default=False,
-        metadata=_help(
-            "Start afresh, replacing an earlier tdntk result in --out (only files tdntk "
-            "wrote); without it, rerunning the same settings resumes and others are refused."
-        ),
-    )
-    checkpoint_every_s: float = field(
-        default=CHECKPOINT_EVERY_S,
-        metadata=_help("Seconds between training checkpoints (also at recorded steps)."),
-    )
-    progress: bool = field(default=True, metadata=_help("Show progress bars."))
+    overwrite: bool = overwrite_option()
+    checkpoint_every_s: float = checkpoint_option()
+    progress: bool = progress_option()
 
     def __post_init__(self):
         ints = {

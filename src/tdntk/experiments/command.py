@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Command"]
+from ..training import CHECKPOINT_EVERY_S
+
+__all__ = ["Command", "doc", "overwrite_option", "checkpoint_option", "progress_option"]
 
 
 @dataclass(frozen=True)
@@ -25,3 +27,33 @@ class Command:
     help: str
     presets: Mapping[str, object] = field(default_factory=dict)
     default_preset: str | None = None
+
+
+def doc(text: str) -> dict:
+    """A config field's metadata: its ``--help`` text."""
+    return {"help": text}
+
+
+# Options every command that writes an output folder shares (`tdntk.files.open_output`).
+def overwrite_option():
+    """``--overwrite``: the field of a config dataclass."""
+    return field(
+        default=False,
+        metadata={
+            "help": "Start afresh, replacing an earlier tdntk result in --out (only files "
+            "tdntk wrote); without it, the same settings resume and others are refused."
+        },
+    )
+
+
+def checkpoint_option(what: str = "training"):
+    """``--checkpoint-every-s`` (seconds between checkpoints of `what`)."""
+    return field(
+        default=CHECKPOINT_EVERY_S,
+        metadata={"help": f"Seconds between {what} checkpoints (also at recorded steps)."},
+    )
+
+
+def progress_option():
+    """``--progress / --no-progress``."""
+    return field(default=True, metadata={"help": "Show progress bars."})

@@ -25,7 +25,7 @@ from ..datasets.offline import OfflineData, load_npz
 from ..datasets.policies import load_policy
 from ..files import file_digest, open_output
 from ..policy_value import Difference, PolicyValue, difference
-from .command import Command
+from .command import Command, overwrite_option, progress_option
 from .evaluate import EvaluateConfig, ValueEstimate, _load_states, _value_line, evaluate
 
 __all__ = ["Comparison", "CompareCommand", "compare", "parse_policies", "run", "COMMAND"]
@@ -166,14 +166,8 @@ class CompareCommand:
             "required": True,
         },  # fmt: skip
     )
-    overwrite: bool = field(
-        default=False,
-        metadata={
-            "help": "Replace an earlier tdntk result in --out that has other settings (only "
-            "files tdntk wrote); without it such a folder is refused."
-        },
-    )
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    overwrite: bool = overwrite_option()
+    progress: bool = progress_option()
     settings: EvaluateConfig = field(default=EvaluateConfig(), metadata={"help": "Settings."})
 
     def __post_init__(self):

@@ -62,7 +62,7 @@ from ..predict import TDNTK
 from ..reduced import reduce_transitions
 from ..solvers.choice import Krylov, dense_bytes, krylov_bytes
 from ..training import CHECKPOINT_EVERY_S, train_ensemble
-from .command import Command
+from .command import Command, checkpoint_option, overwrite_option, progress_option
 
 __all__ = [
     "EvaluateConfig",
@@ -415,16 +415,9 @@ def _test_states(
     data revisits states) is evaluated once (`_distinct`).
     """
     if states is not None:
-        states = _check_given_states(data, states, "states")
-        if policy is None:
-            raise ValueError(
-                "states: evaluating given states needs a policy (the behaviour policy's "
-                "actions are only known at the data's next observations)"
-            )
-        x, w = next_inputs(
-            states, features, policy=policy, action_space=action_space,
-            action_samples=action_samples,
-        )  # fmt: skip
+        states, x, w = _given_state_inputs(
+            data, states, "states", features, policy, action_space, action_samples
+        )
         return states, x, w, "given states"
     if policy is not None:
         x, w = next_inputs(
@@ -701,15 +694,9 @@ def initial_inputs(
     Repeated rows (tabular data restarts in one state) are kept once (`index`).
     """
     if initial_states is not None:
-        states = _check_given_states(data, initial_states, "initial_states")
-        if policy is None:
-            raise ValueError(
-                "initial_states: the value of given initial states needs a policy (the "
-                "behaviour policy's action is only recorded at the data's own states)"
-            )
-        x, w = next_inputs(
-            states, features, policy=policy, action_space=action_space,
-            action_samples=action_samples,
+        states, x, w = _given_state_inputs(
+            data, initial_states, "initial_states", features, policy, action_space,
+            action_samples,
         )  # fmt: skip
         episode, source = None, f"{len(states)} given initial states"
     else:
@@ -732,6 +719,21 @@ def initial_inputs(
     rows = np.concatenate([x.reshape(x.shape[0], -1), w], axis=1)
     _, keep, index = np.unique(rows, axis=0, return_index=True, return_inverse=True)
     return x[keep], w[keep], index.reshape(-1), episode, source
+
+
+def _given_state_inputs(data, states, name, features, policy, action_space, action_samples):
+    """(states (m, o), x (m, k, d), w (m, k)): the policy's inputs at given states."""
+    states = _check_given_states(data, states, name)
+    if policy is None:
+        raise ValueError(
+            f"{name}: the value of given states needs a policy (the behaviour policy's "
+            "actions are only recorded at the data's own states)"
+        )
+    x, w = next_inputs(
+        states, features, policy=policy, action_space=action_space,
+        action_samples=action_samples,
+    )  # fmt: skip
+    return states, x, w
 
 
 def _check_given_states(data: OfflineData, states, name: str) -> np.ndarray:
@@ -1072,18 +1074,9 @@ class EvaluateCommand:
             "decoded component (state_index for a Discrete space)."
         },
     )
-    overwrite: bool = field(
-        default=False,
-        metadata={
-            "help": "Replace an earlier tdntk result in --out that has other settings (only "
-            "files tdntk wrote); without it such a folder is refused."
-        },
-    )
-    checkpoint_every_s: float = field(
-        default=CHECKPOINT_EVERY_S,
-        metadata={"help": "Seconds between checkpoints of the --ensemble training."},
-    )
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    overwrite: bool = overwrite_option()
+    checkpoint_every_s: float = checkpoint_option("--ensemble training")
+    progress: bool = progress_option()
     settings: EvaluateConfig = field(default=EvaluateConfig(), metadata={"help": "Settings."})
 
     def __post_init__(self):

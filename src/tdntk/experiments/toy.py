@@ -47,8 +47,8 @@ from ..envs.toy import dataset_states, toy_transitions, true_values
 from ..files import open_output, write_json
 from ..nets import MLP
 from ..predict import TDNTK
-from ..training import CHECKPOINT_EVERY_S, init_ensemble, train_ensemble
-from .command import Command
+from ..training import init_ensemble, train_ensemble
+from .command import Command, checkpoint_option, doc, overwrite_option, progress_option
 from .stages import Stages
 
 __all__ = [
@@ -66,64 +66,51 @@ __all__ = [
 ]
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass(frozen=True)
 class ToyConfig:
     """Settings of the toy experiment (defaults: the paper's, app. D.1)."""
 
-    out: str = field(default="runs/toy", metadata=_help("Output folder (report.md and figures)."))
+    out: str = field(default="runs/toy", metadata=doc("Output folder (report.md and figures)."))
     net: MLP = field(
-        default=MLP(depth=2, width=1024), metadata=_help("The network (eq. 3-4): its fields.")
+        default=MLP(depth=2, width=1024), metadata=doc("The network (eq. 3-4): its fields.")
     )
-    learning_rate: float = field(default=0.01, metadata=_help("eta, summed TD loss (eq. 6)."))
-    gamma: float = field(default=1.0, metadata=_help("Discount."))
-    n_states: int = field(default=21, metadata=_help("Dataset states linspace(0, 1.25, n)."))
-    steps: int = field(default=2**16, metadata=_help("Gradient steps of the main ensemble."))
-    members: int = field(default=50, metadata=_help("Trained networks in the main ensemble."))
-    mc_inits: int = field(default=500, metadata=_help("Initialisations for Lin. (MC)."))
+    learning_rate: float = field(default=0.01, metadata=doc("eta, summed TD loss (eq. 6)."))
+    gamma: float = field(default=1.0, metadata=doc("Discount."))
+    n_states: int = field(default=21, metadata=doc("Dataset states linspace(0, 1.25, n)."))
+    steps: int = field(default=2**16, metadata=doc("Gradient steps of the main ensemble."))
+    members: int = field(default=50, metadata=doc("Trained networks in the main ensemble."))
+    mc_inits: int = field(default=500, metadata=doc("Initialisations for Lin. (MC)."))
     taus: tuple[float, ...] = field(
-        default=(0.01, 0.1, 1.0), metadata=_help("Soft-update rates for fig. 7 (repeatable).")
+        default=(0.01, 0.1, 1.0), metadata=doc("Soft-update rates for fig. 7 (repeatable).")
     )
-    target_steps: int = field(default=2048, metadata=_help("Training steps for fig. 7."))
-    target_members: int = field(default=50, metadata=_help("Networks per tau in fig. 7."))
+    target_steps: int = field(default=2048, metadata=doc("Training steps for fig. 7."))
+    target_members: int = field(default=50, metadata=doc("Networks per tau in fig. 7."))
     widths: tuple[int, ...] = field(
-        default=(64, 256, 1024, 4096), metadata=_help("Width sweep (repeatable).")
+        default=(64, 256, 1024, 4096), metadata=doc("Width sweep (repeatable).")
     )
     width_steps: int = field(
         default=2**12,
-        metadata=_help(
+        metadata=doc(
             "Training steps in the width sweep (ours, not the paper's; the networks' gap to "
             "their linearisation has saturated by ~2^10 steps)."
         ),
     )
-    width_members: int = field(default=20, metadata=_help("Networks per width."))
-    width_mc_inits: int = field(default=100, metadata=_help("Lin. (MC) inits per width (0: none)."))
-    n_eval: int = field(default=100, metadata=_help("Evaluation states per range."))
-    ood_low: float = field(default=-0.5, metadata=_help("Lowest state of fig. 3."))
-    ood_high: float = field(default=2.5, metadata=_help("Highest state of fig. 3."))
+    width_members: int = field(default=20, metadata=doc("Networks per width."))
+    width_mc_inits: int = field(default=100, metadata=doc("Lin. (MC) inits per width (0: none)."))
+    n_eval: int = field(default=100, metadata=doc("Evaluation states per range."))
+    ood_low: float = field(default=-0.5, metadata=doc("Lowest state of fig. 3."))
+    ood_high: float = field(default=2.5, metadata=doc("Highest state of fig. 3."))
     time: Literal["continuous", "discrete"] = field(
         default="continuous",
-        metadata=_help("Closed form in 'continuous' time (the paper) or exact 'discrete' GD."),
+        metadata=doc("Closed form in 'continuous' time (the paper) or exact 'discrete' GD."),
     )
-    seed: int = field(default=0, metadata=_help("Member i starts from fold_in(PRNGKey(seed), i)."))
+    seed: int = field(default=0, metadata=doc("Member i starts from fold_in(PRNGKey(seed), i)."))
     dtype: Literal["float32", "float64"] = field(
-        default="float32", metadata=_help("float32 or float64 networks.")
+        default="float32", metadata=doc("float32 or float64 networks.")
     )
-    overwrite: bool = field(
-        default=False,
-        metadata=_help(
-            "Start afresh, replacing an earlier tdntk result in --out (only files tdntk "
-            "wrote); without it, rerunning the same settings resumes and others are refused."
-        ),
-    )
-    checkpoint_every_s: float = field(
-        default=CHECKPOINT_EVERY_S,
-        metadata=_help("Seconds between training checkpoints (also at recorded steps)."),
-    )
-    progress: bool = field(default=True, metadata=_help("Show progress bars."))
+    overwrite: bool = overwrite_option()
+    checkpoint_every_s: float = checkpoint_option()
+    progress: bool = progress_option()
 
     def __post_init__(self):
         for name in ("n_states", "steps", "target_steps", "width_steps", "n_eval"):
