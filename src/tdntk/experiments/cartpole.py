@@ -58,7 +58,6 @@ import json
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -71,7 +70,6 @@ from ..datasets.policies import sample_actions
 from ..dynamics import DivergenceWarning, LearningRateWarning, Schedule, SoftTarget
 from ..empirical import linearised_ensemble
 from ..envs.cartpole import MonteCarloReturns, initial_states, monte_carlo_returns
-from ..files import open_output, write_json
 from ..metrics import fit_gaussian, score_gaussian
 from ..nets import MLP
 from ..policy_value import (
@@ -85,7 +83,7 @@ from ..predict import TDNTK
 from ..training import init_ensemble, train_ensemble
 from .cartpole_policy import PolicyTraining, train_cartpole_policy
 from .command import Command, checkpoint_option, doc, overwrite_option, progress_option
-from .stages import Stages
+from .stages import Stages, run_in_stages
 
 __all__ = [
     "CartPoleConfig",
@@ -703,19 +701,9 @@ def run(cfg: CartPoleConfig) -> CartPoleResults:
     table, figures, report.md and stages.json there, print the time per stage."""
     from ..report.cartpole import write_report
 
-    with open_output(cfg.out, "cartpole", _settings(cfg), cfg.overwrite) as folder:
-        _log(f"settings: {json.dumps(asdict(cfg))}")
-        if folder.resumed:
-            _log(f"resuming the run in {folder.path} (finished stages are loaded)")
-        stages = Stages(folder, _log)
-        results = simulate(cfg, stages)
-        with folder.staging() as tmp:
-            write_report(results, tmp)
-            write_json(tmp / "stages.json", stages.summary())
-        folder.complete()
-    _log(stages.table())
-    _log(f"report: {Path(cfg.out) / 'report.md'}")
-    return results
+    _log(f"settings: {json.dumps(asdict(cfg))}")
+    return run_in_stages(cfg.out, "cartpole", _settings(cfg), cfg.overwrite, _log,
+                         lambda stages: simulate(cfg, stages), write_report)  # fmt: skip
 
 
 COMMAND = Command(

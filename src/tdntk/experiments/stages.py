@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import OutputFolder, save_npz, settings_digest
+from ..files import OutputFolder, open_output, save_npz, settings_digest, write_json
 
-__all__ = ["Stages", "save_result", "load_result"]
+__all__ = ["Stages", "run_in_stages", "save_result", "load_result"]
 
 
 class Stages:
@@ -176,3 +176,23 @@ def _decode(tree, arrays: dict):
         raise ValueError(f"stage result names a class outside tdntk: {module}")
     cls = getattr(importlib.import_module(module), name)
     return cls(**{k: _decode(v, arrays) for k, v in tree["fields"].items()})
+
+
+def run_in_stages(out, command: str, settings: dict, overwrite: bool, log: Callable,
+                  simulate: Callable, write_report: Callable):  # fmt: skip
+    """Run an experiment as `Stages` in the output folder `out` (`tdntk.files.open_output`:
+    an earlier run of the same settings resumes, its finished stages loaded):
+    ``simulate(stages) -> results``, then ``write_report(results, folder)`` and
+    stages.json written through the folder's staging; prints the time per stage."""
+    with open_output(out, command, settings, overwrite) as folder:
+        if folder.resumed:
+            log(f"resuming the run in {folder.path} (finished stages are loaded)")
+        stages = Stages(folder, log)
+        results = simulate(stages)
+        with folder.staging() as tmp:
+            write_report(results, tmp)
+            write_json(tmp / "stages.json", stages.summary())
+        folder.complete()
+    log(stages.table())
+    log(f"report: {Path(out) / 'report.md'}")
+    return results

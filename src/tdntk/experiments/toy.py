@@ -44,12 +44,11 @@ from ..data import Transitions
 from ..dynamics import Schedule, SoftTarget
 from ..empirical import linearised_ensemble, linearised_q, parameter_trajectory
 from ..envs.toy import dataset_states, toy_transitions, true_values
-from ..files import open_output, write_json
 from ..nets import MLP
 from ..predict import TDNTK
 from ..training import init_ensemble, train_ensemble
 from .command import Command, checkpoint_option, doc, overwrite_option, progress_option
-from .stages import Stages
+from .stages import Stages, run_in_stages
 
 __all__ = [
     "ToyConfig",
@@ -673,18 +672,8 @@ def run(cfg: ToyConfig) -> ToyResults:
     write the report there and print where it is and the time per stage."""
     from ..report.toy import write_report  # matplotlib: imported only when a run reports
 
-    with open_output(cfg.out, "toy", _settings(cfg), cfg.overwrite) as folder:
-        if folder.resumed:
-            _log(f"resuming the run in {folder.path} (finished stages are loaded)")
-        stages = Stages(folder, _log)
-        results = simulate(cfg, stages)
-        with folder.staging() as tmp:
-            write_report(results, tmp)
-            write_json(tmp / "stages.json", stages.summary())
-        folder.complete()
-    _log(stages.table())
-    _log(f"report: {Path(cfg.out) / 'report.md'}")
-    return results
+    return run_in_stages(cfg.out, "toy", _settings(cfg), cfg.overwrite, _log,
+                         lambda stages: simulate(cfg, stages), write_report)  # fmt: skip
 
 
 COMMAND = Command(
