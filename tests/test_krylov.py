@@ -20,10 +20,11 @@ from test_reduced import repeated_problem
 
 import tdntk
 from tdntk import Schedule, SoftTarget
+from tdntk.reduced import reduce_transitions
 from tdntk.solvers import choice
 from tdntk.solvers.choice import Krylov
 from tdntk.solvers.kernel_products import KernelProducts
-from tdntk.solvers.krylov import ConvergenceWarning
+from tdntk.solvers.krylov import BellmanPreconditioner, ConvergenceWarning, KrylovSolver
 
 NET = tdntk.MLP(depth=2, width=512)
 TIMES = [0.0, 2.0, 150.0, 4000.0, np.inf]
@@ -71,12 +72,55 @@ def test_td_fixed_point_on_long_bootstrapping_chains():
         dense = tdntk.TDNTK(NET, data, schedule, solver="dense").predict(x_test, np.inf)
         model = tdntk.TDNTK(NET, data, schedule, solver=Krylov(tol=1e-9, rank=128))
         krylov = model.predict(np.vstack([x_test, data.x]), np.inf, full_cov=False)
-    assert model.solver.report.solves[-1]["converged"], model.solver.report
+    solve = model.solver.report.solves[-1]
+    assert solve["converged"] and solve["method"] == "GMRES (Bellman preconditioner)", solve
     q_test, q_data = krylov.mean[0, :40], krylov.mean[0, 40:]
     scale = np.abs(dense.mean).max()
     np.testing.assert_allclose(q_test, dense.mean[0], rtol=0, atol=1e-6 * scale)
     residual = q_data[:-1] - 1.0 - data.discount[:-1] * q_data[1:]
     assert np.abs(residual).max() < 1e-5 * scale, np.abs(residual).max()
+
+
+def test_the_bellman_preconditioner_inverts_the_td_system_when_its_factor_is_exact():
+    """With F F^T = Theta_YY exactly, P = Lc (F F^T + s I) L^T is built from dense
+    matrices independently; the sparse LU + Woodbury route must invert it."""
+    data, _ = _trajectory_problem(150, seed=3)
+    red = reduce_transitions(data, td=True)
+    _, theta = NET.kernels(red.inputs)
+    values, vectors = np.linalg.eigh(theta)
+    factor = vectors * np.sqrt(np.maximum(values, 0.0))
+    shift = 1e-3
+    lc, load = _dense(red.cov_load), _dense(red.load)
+    p_matrix = lc @ (theta + shift * np.eye(theta.shape[0])) @ load.T
+    x = np.random.default_rng(0).normal(size=red.p)
+    precondition = BellmanPreconditioner(red.cov_load, red.load, factor, shift)
+    np.testing.assert_allclose(precondition(p_matrix @ x), x, rtol=0, atol=1e-8 * np.abs(x).max())
+
+
+def test_the_bellman_preconditioner_cuts_the_kernel_products(monkeypatch):
+    """GMRES with the Bellman preconditioner needs at most half the products of BiCGStab
+    preconditioned by the factor of A alone, for the same fixed point."""
+    data, x_test = _trajectory_problem(600, seed=1)
+    schedule = Schedule(1e-4, SoftTarget(1.0))
+    models = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tdntk.LearningRateWarning)
+        for name in ("bellman", "bicgstab"):
+            if name == "bicgstab":
+                monkeypatch.setattr(KrylovSolver, "_bellman_preconditioner", lambda self: None)
+            model = tdntk.TDNTK(NET, data, schedule, solver=Krylov(tol=1e-9, rank=128))
+            models[name] = (model.predict(x_test, np.inf).mean, model.solver.report.solves[-1])
+    (q_b, solve_b), (q_c, solve_c) = models["bellman"], models["bicgstab"]
+    assert solve_b["method"].startswith("GMRES") and solve_c["method"] == "BiCGStab"
+    assert solve_b["converged"] and solve_c["converged"]
+    assert solve_b["iterations"] <= 0.5 * solve_c["iterations"], (solve_b, solve_c)
+    np.testing.assert_allclose(q_b, q_c, rtol=0, atol=1e-6 * np.abs(q_c).max())
+
+
+def _dense(s) -> np.ndarray:
+    out = np.zeros(s.shape)
+    np.add.at(out, (s.rows, s.cols), s.vals)
+    return out
 
 
 def test_low_rank_covariance_is_conservative_for_regression():
@@ -107,13 +151,15 @@ def test_kernel_products_equal_the_kernel_matrices(cache_bytes):
     products = KernelProducts(NET, y, cache_bytes=cache_bytes)
     assert products.cached == (cache_bytes is None)
     k, theta = NET.kernels(y)
-    theta_v, k_v = products(v)
+    w = v[:, :2] ** 2
+    theta_v, k_w = products(v, w)
     np.testing.assert_allclose(theta_v, theta @ v, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(k_v, k @ v, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(k_w, k @ w, rtol=1e-12, atol=1e-12)
+    assert products(v)[1].shape == (37, 0)
     k_t, theta_t = NET.kernels(x_test, y)
-    t_w, k_w = products.test(x_test, v)
-    np.testing.assert_allclose(t_w, theta_t @ v, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(k_w, k_t @ v, rtol=1e-12, atol=1e-12)
+    t_v, k_w = products.test(x_test, v, w)
+    np.testing.assert_allclose(t_v, theta_t @ v, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(k_w, k_t @ w, rtol=1e-12, atol=1e-12)
 
 
 _SHARDED = textwrap.dedent(

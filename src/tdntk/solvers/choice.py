@@ -9,8 +9,9 @@
   8.5 GB at N = p = 4,001).
 * krylov: the kernels are touched in row blocks of ~4M entries (or cached
   when 2 N^2 floats fit, see `KernelProducts`); Krylov bases of up to
-  `max_iterations` vectors of length 2p, and the rank-k projection
-  (~6 N k + 4 p k floats).
+  `max_iterations` vectors of length 2p, the rank-k projection
+  (~6 N k + 4 p k floats) and, for TD at t = inf, the Bellman preconditioner's
+  rank-1024 factor and Woodbury blocks (~1024 (N + 3 p) floats).
 
 ``auto`` takes the dense route when it fits in half the default device's
 free memory, else the matrix-free one (an `MLP`'s kernels only).
@@ -63,6 +64,7 @@ def dense_bytes(n_inputs: int, p: int, td_finite_t: bool, block_rows: int = 2048
 def krylov_bytes(n_inputs: int, p: int, rank: int, max_iterations: int, cached: bool) -> int:
     """Peak bytes of the matrix-free route (module docstring)."""
     words = 6.0 * n_inputs * rank + 4.0 * p * rank + 2.0 * p * min(max_iterations, 2 * p)
+    words += min(1024, n_inputs) * (n_inputs + 3.0 * p)  # the Bellman preconditioner of TD
     words += 10.0 * min(2**22, n_inputs**2)  # a row block of kernel slices, its temporaries
     if cached:
         words += 2.0 * n_inputs**2

@@ -1,9 +1,9 @@
 """Products with the kernels on the distinct inputs, in row blocks, on every JAX device.
 
-`KernelProducts` computes ``(Theta_YY V, K_YY V)`` for V (N, s) without storing
-the N x N kernels: the rows of Y are cut into blocks of b rows, each block's
-(b, N) kernel slices are computed by the `MLP`'s recursion and multiplied at
-once (fused by XLA), and the blocks are spread over all local devices
+`KernelProducts` computes ``(Theta_YY V, K_YY W)`` for V (N, s), W (N, s') without
+storing the N x N kernels: the rows of Y are cut into blocks of b rows, each
+block's (b, N) kernel slices are computed by the `MLP`'s recursion and
+multiplied at once, and the blocks are spread over all local devices
 (`jax.shard_map` over a 1-D mesh; several hosts are not supported). When both
 N x N kernels fit in ``cache_bytes`` they are computed once and kept on the
 device (then a product is two matrix products): `cached` says which.
@@ -59,7 +59,7 @@ class ProductSpec:
 
 
 class KernelProducts:
-    """``(Theta_YY V, K_YY V)`` and test products for one set of distinct inputs Y.
+    """``(Theta_YY V, K_YY W)`` and test products for one set of distinct inputs Y.
 
     Args:
         kernels: the `MLP` whose analytic kernels these are.
@@ -98,26 +98,38 @@ class KernelProducts:
         return self.spec.cached
 
     @x64
-    def __call__(self, v):
-        """``(Theta_YY v, K_YY v)`` for v (N, s)."""
-        return kernel_products(self.spec, self.state, jnp.asarray(v, jnp.float64))
+    def __call__(self, v, w=None):
+        """``(Theta_YY v, K_YY w)`` for v (N, s) and w (N, s') (None: no NNGP product)."""
+        return kernel_products(self.spec, self.state, *_pair_of(v, w, self.state["y"].shape[0]))
 
     @x64
-    def test(self, x_test, w):
-        """``(Theta_*Y w, K_*Y w)`` for test inputs (m, d) and w (N, s): (m, s) each."""
+    def test(self, x_test, v, w=None):
+        """``(Theta_*Y v, K_*Y w)`` for test inputs (m, d), v (N, s), w (N, s') (None: no
+        NNGP product): (m, s) and (m, s')."""
         return _stream(self.spec, jnp.asarray(x_test, jnp.float64), self.state["y"],
-                       jnp.asarray(w, jnp.float64))  # fmt: skip
+                       *_pair_of(v, w, self.state["y"].shape[0]))  # fmt: skip
 
     def pair(self, x1, x2):
         """``(K, Theta)`` between x1 (r, d) and x2 (c, d): traceable."""
         return _kernel_recursion(x1, x2, **dict(self.spec.kernel))
 
 
-def kernel_products(spec: ProductSpec, state: dict, v):
-    """``(Theta_YY v, K_YY v)`` (N, s) each: pure in (state, v), traceable."""
+def _pair_of(v, w, n: int):
+    v = jnp.asarray(v, jnp.float64)
+    return v, jnp.zeros((n, 0)) if w is None else jnp.asarray(w, jnp.float64)
+
+
+def kernel_products(spec: ProductSpec, state: dict, v, w, support=None):
+    """``(Theta_YY v, K_YY w)``, (N, s) and (N, s'): pure in (state, v, w), traceable.
+
+    ``support`` (c,) indexes the rows where v and w may be non-zero (the products then
+    stream only those columns of the kernels); None: all."""
     if spec.cached:
-        return state["theta"] @ v, state["k"] @ v
-    return _stream(spec, state["y"], state["y"], v)
+        return state["theta"] @ v, state["k"] @ w
+    y = state["y"]
+    if support is None:
+        return _stream(spec, y, y, v, w)
+    return _stream(spec, y, y[support], v[support], w[support])
 
 
 def _cache(spec: ProductSpec, y):
@@ -155,15 +167,15 @@ def backend_jit(fn, static_argnames=()):
     return run
 
 
-def _stream_impl(spec: ProductSpec, x, y, v):
-    """``(Theta(x, y) v, K(x, y) v)`` (m, s) without forming (m, N): row blocks of x,
-    spread over the devices."""
+def _stream_impl(spec: ProductSpec, x, y, v, w):
+    """``(Theta(x, y) v, K(x, y) w)`` (m, s), (m, s') without forming (m, N): row blocks
+    of x, spread over the devices."""
     b, m, n_dev = spec.block_rows, x.shape[0], len(spec.devices)
     blocks = _ceil_div(_ceil_div(m, b), n_dev) * n_dev
     padded = jnp.zeros((blocks * b, x.shape[1]), x.dtype).at[:m].set(x)
-    theta_v, k_v = _streamer(spec)(padded.reshape(blocks, b, -1), y, v)
-    s = v.shape[1]
-    return theta_v.reshape(-1, s)[:m], k_v.reshape(-1, s)[:m]
+    theta_v, k_w = _streamer(spec)(padded.reshape(blocks, b, -1), y, v, w)
+    rows = blocks * b
+    return theta_v.reshape(rows, v.shape[1])[:m], k_w.reshape(rows, w.shape[1])[:m]
 
 
 _stream = backend_jit(_stream_impl, static_argnames=("spec",))
@@ -175,13 +187,13 @@ def _ceil_div(a: int, b: int) -> int:
 
 @functools.lru_cache(maxsize=16)
 def _streamer(spec: ProductSpec):
-    """(blocks (B, b, d), y (N, d), v (N, s)) -> (Theta v, K v), each (B, b, s)."""
+    """(blocks (B, b, d), y (N, d), v (N, s), w (N, s')) -> (Theta v (B, b, s), K w (B, b, s'))."""
     static = dict(spec.kernel)
 
-    def local(blocks, y, v):
-        def one(block):  # K + 1j Theta (b, N) in one pass; z v = K v + 1j Theta v
-            zv = _pair(block, y, **static) @ v.astype(jnp.complex128)
-            return jnp.imag(zv), jnp.real(zv)
+    def local(blocks, y, v, w):
+        def one(block):  # K + 1j Theta (b, N) in one pass, then two real products
+            z = _pair(block, y, **static)
+            return jnp.imag(z) @ v, jnp.real(z) @ w
 
         return jax.lax.map(one, blocks)
 
@@ -189,11 +201,11 @@ def _streamer(spec: ProductSpec):
         return local
     mesh = Mesh(np.array(spec.devices), ("rows",))
     sharded = jax.shard_map(
-        local, mesh=mesh, in_specs=(P("rows"), P(), P()), out_specs=P("rows"), check_vma=False
+        local, mesh=mesh, in_specs=(P("rows"), P(), P(), P()), out_specs=P("rows"), check_vma=False
     )
 
-    def run(blocks, y, v):
+    def run(blocks, y, v, w):
         blocks = jax.lax.with_sharding_constraint(blocks, NamedSharding(mesh, P("rows")))
-        return sharded(blocks, y, v)
+        return sharded(blocks, y, v, w)
 
     return run
