@@ -9,7 +9,7 @@ CHECK = """
 import logging, warnings, jax
 before = (jax.config.jax_enable_x64, list(warnings.filters), logging.root.level,
           len(logging.root.handlers))
-import tdntk, tdntk.predict, tdntk.dynamics, tdntk.nets, tdntk.data
+import tdntk, tdntk.predict, tdntk.dynamics, tdntk.nets, tdntk.data, tdntk.policy_value
 after = (jax.config.jax_enable_x64, list(warnings.filters), logging.root.level,
          len(logging.root.handlers))
 assert before == after, (before, after)

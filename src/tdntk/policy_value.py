@@ -44,12 +44,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse
-from scipy import stats
 
 from .data import Transitions
 from .dynamics import DivergenceWarning, LearningRateWarning, Schedule
 from .predict import TDNTK, as_kernel_fn
+
+with warnings.catch_warnings():  # importing SciPy's sparse and stats adds global filters
+    import scipy.sparse
+    from scipy import stats
 
 __all__ = [
     "FixedPointResampler",

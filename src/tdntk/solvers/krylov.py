@@ -56,8 +56,6 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import scipy.linalg
-import scipy.sparse
-import scipy.sparse.linalg
 from matfree import decomp
 
 from ..dynamics import Schedule, TDDynamics, driving_spectrum, x64
@@ -431,9 +429,10 @@ class KrylovSolver:
                          count[0], residual, clock[1] - clock[0])  # fmt: skip
 
         restart = min(p, GMRES_HOST_RESTART)
-        op = scipy.sparse.linalg.LinearOperator((p, p), matvec=matvec, dtype=np.float64)
-        pre = scipy.sparse.linalg.LinearOperator((p, p), matvec=precondition, dtype=np.float64)
-        x, _ = scipy.sparse.linalg.gmres(
+        sparse_linalg = _scipy_sparse()[1]
+        op = sparse_linalg.LinearOperator((p, p), matvec=matvec, dtype=np.float64)
+        pre = sparse_linalg.LinearOperator((p, p), matvec=precondition, dtype=np.float64)
+        x, _ = sparse_linalg.gmres(
             op, np.asarray(v), rtol=self.tol, atol=0.0, restart=restart, M=pre,
             maxiter=max(1, -(-self.max_iterations // restart)), callback=progress,
             callback_type="pr_norm",
@@ -458,7 +457,7 @@ class BellmanPreconditioner:
 
     def __init__(self, left: Sparse, load: Sparse, factor: np.ndarray, shift: float):
         lc, l_ = _csr(left), _csr(load)
-        self.lu = scipy.sparse.linalg.splu((lc @ l_.T).tocsc())
+        self.lu = _scipy_sparse()[1].splu((lc @ l_.T).tocsc())
         self.shift = float(shift)
         self.v = l_ @ factor
         self.w = self.lu.solve(np.asarray(lc @ factor)) / self.shift
@@ -471,8 +470,20 @@ class BellmanPreconditioner:
         return y - self.w @ scipy.linalg.lu_solve(self.small, self.v.T @ y)
 
 
-def _csr(s: Sparse) -> scipy.sparse.csr_matrix:
-    return scipy.sparse.csr_matrix((s.vals, (s.rows, s.cols)), shape=s.shape)
+def _csr(s: Sparse):
+    """S as a SciPy CSR matrix."""
+    return _scipy_sparse()[0].csr_matrix((s.vals, (s.rows, s.cols)), shape=s.shape)
+
+
+def _scipy_sparse():
+    """(scipy.sparse, scipy.sparse.linalg), imported on first use with the warning filters
+    restored: importing scipy.sparse adds a global filter, and a library leaves its user's
+    filters alone."""
+    with warnings.catch_warnings():
+        import scipy.sparse
+        import scipy.sparse.linalg
+
+    return scipy.sparse, scipy.sparse.linalg
 
 
 def bellman_rank(n_inputs: int, p: int, available: int | None = None) -> int:
