@@ -11,7 +11,7 @@
   when 2 N^2 floats fit, see `KernelProducts`); Krylov bases of up to
   `max_iterations` vectors of length 2p, the rank-k projection
   (~6 N k + 4 p k floats) and, for TD at t = inf, the Bellman preconditioner's
-  rank-1024 factor and Woodbury blocks (~1024 (N + 3 p) floats).
+  rank-`BELLMAN_RANK` factor and Woodbury blocks (~1024 (N + 3 p) floats).
 
 ``auto`` takes the dense route when it fits in half the default device's
 free memory, else the matrix-free one (an `MLP`'s kernels only).
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 __all__ = ["Krylov", "dense_bytes", "krylov_bytes", "choose_solver", "SOLVERS"]
 
 SOLVERS = ("auto", "dense", "krylov")
+# Rank of the kernel factor in the TD fixed point's Bellman preconditioner (`tdntk.solvers.krylov`).
+BELLMAN_RANK = 1024
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ def dense_bytes(n_inputs: int, p: int, td_finite_t: bool, block_rows: int = 2048
 def krylov_bytes(n_inputs: int, p: int, rank: int, max_iterations: int, cached: bool) -> int:
     """Peak bytes of the matrix-free route (module docstring)."""
     words = 6.0 * n_inputs * rank + 4.0 * p * rank + 2.0 * p * min(max_iterations, 2 * p)
-    words += min(1024, n_inputs) * (n_inputs + 3.0 * p)  # the Bellman preconditioner of TD
+    words += min(BELLMAN_RANK, n_inputs) * (n_inputs + 3.0 * p)  # the Bellman preconditioner
     words += 10.0 * min(2**22, n_inputs**2)  # a row block of kernel slices, its temporaries
     if cached:
         words += 2.0 * n_inputs**2

@@ -115,6 +115,7 @@ class KernelProducts:
 
 
 def _pair_of(v, w, n: int):
+    """(v, w) as float64 arrays, w (n, 0) when None (no NNGP product)."""
     v = jnp.asarray(v, jnp.float64)
     return v, jnp.zeros((n, 0)) if w is None else jnp.asarray(w, jnp.float64)
 

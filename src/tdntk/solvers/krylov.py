@@ -61,6 +61,7 @@ from matfree import decomp
 from ..dynamics import Schedule, TDDynamics, driving_spectrum, x64
 from ..nets import MLP, _kernel_recursion
 from ..reduced import Reduced, Sparse
+from .choice import BELLMAN_RANK
 from .dense import _moments_full, _moments_var
 from .kernel_products import KernelProducts, ProductSpec, backend_jit, kernel_products
 
@@ -441,9 +442,10 @@ class KrylovSolver:
 
 
 class BellmanPreconditioner:
-    """``P^-1 x`` for ``P = Lc (F F^T + s I) L^T``, the TD system ``Lc Theta_YY L^T`` with
-    the kernel on the distinct inputs replaced by a pivoted partial Cholesky factor
-    F (N, k) plus its shift s.
+    """``P^-1 x`` for ``P = Lc (F F^T + s I) L^T``: the TD fixed-point system at t = inf
+    (eq. 40-41 as restated in the theory page, in reduced coordinates:
+    ``(A - S) a = Lc Theta_YY L^T a = U^T r``) with the kernel on the distinct inputs
+    replaced by a pivoted partial Cholesky factor F (N, k) plus its shift s.
 
     ``P = s T + U V^T`` with the sparse tabular part ``T = Lc L^T`` (p, p) (the
     empirical Bellman operator of the data's own inputs: one bootstrapped input per
@@ -488,13 +490,13 @@ def _scipy_sparse():
 
 def bellman_rank(n_inputs: int, p: int, available: int | None = None) -> int:
     """Rank of the `BellmanPreconditioner`'s factor: `BELLMAN_RANK`, capped at N and so
-    that F, U and W (``N + 2 p`` floats per column) take at most an eighth of the
-    available memory (None: psutil's)."""
+    that F, Lc F, V and W (``N + 3 p`` floats per column, as `choice.krylov_bytes`
+    counts) take at most an eighth of the available memory (None: psutil's)."""
     if available is None:
         import psutil
 
         available = psutil.virtual_memory().available
-    fits = int(available / 8 / (8 * (n_inputs + 2 * p)))
+    fits = int(available / 8 / (8 * (n_inputs + 3 * p)))
     return max(1, min(BELLMAN_RANK, n_inputs, fits))
 
 
@@ -552,7 +554,8 @@ class _Ops:
         return self.l(state, theta[:, 0]), self.n(state, theta[:, 1])
 
     def td(self, state, a):
-        """``(A - S) a = Lc Theta L^T a`` (TD): (p,) -> (p,), one kernel column."""
+        """``(A - S) a = Lc Theta L^T a`` (TD, eq. 40-41 in reduced coordinates):
+        (p,) -> (p,), one kernel column."""
         theta = self.theta(state, self.lt(state, a)[:, None])[:, 0]
         return self.l(state, theta) - self.n(state, theta)
 
@@ -601,9 +604,8 @@ def _td_apply(ops: _Ops, state, a):
 
 GMRES_RESTART = 100
 # The Bellman-preconditioned GMRES: restart length (the basis: this many p-vectors on
-# the host), the rank of its kernel factor, and the seconds between progress messages.
+# the host) and the seconds between progress messages (its rank: `choice.BELLMAN_RANK`).
 GMRES_HOST_RESTART = 500
-BELLMAN_RANK = 1024
 LOG_EVERY_S = 30.0
 
 
@@ -646,47 +648,45 @@ def _fixed_run(
     return scale * sol.value, sol.stats["num_steps"] * per_step
 
 
+def _greedy_cholesky(diag, column, rank: int):
+    """Greedy pivoted partial Cholesky of a PSD matrix given by its diagonal (n,) and
+    ``column(j) -> (n,)``: (F (n, rank), the pivot values (rank,)); traceable."""
+
+    def step(i, carry):
+        factor_t, rest, pivots = carry  # F^T (rank, n): rows written in place
+        j = jnp.argmax(rest)
+        pivot = rest[j]
+        row = column(j) - factor_t[:, j] @ factor_t
+        row = jnp.where(pivot > 0, row / jnp.sqrt(jnp.where(pivot > 0, pivot, 1.0)), 0.0)
+        rest = jnp.maximum(rest - row**2, 0.0).at[j].set(0.0)
+        return factor_t.at[i].set(row), rest, pivots.at[i].set(pivot)
+
+    init = (jnp.zeros((rank, diag.shape[0])), diag, jnp.zeros(rank))
+    factor_t, _, pivots = jax.lax.fori_loop(0, rank, step, init)
+    return factor_t.T, pivots
+
+
 @functools.partial(jax.jit, static_argnames=("ops", "rank"))
 def _pivoted_cholesky_run(ops: _Ops, rank: int, state):
-    """Greedy pivoted partial Cholesky of the driving kernel from its elements:
-    (F (p, rank), the diagonal (p,), the pivot values (rank,))."""
+    """`_greedy_cholesky` of the driving kernel from its elements: (F (p, rank), the
+    diagonal (p,), the pivot values (rank,))."""
     element = functools.partial(ops.element, state)
     rows = jnp.arange(ops.p)
     diag = jax.vmap(element)(rows, rows)
-
-    def step(i, carry):
-        factor, rest, pivots = carry
-        j = jnp.argmax(rest)
-        pivot = rest[j]
-        col = jax.vmap(lambda r: element(r, j))(rows) - factor @ factor[j]
-        col = jnp.where(pivot > 0, col / jnp.sqrt(jnp.where(pivot > 0, pivot, 1.0)), 0.0)
-        rest = jnp.maximum(rest - col**2, 0.0).at[j].set(0.0)
-        return factor.at[:, i].set(col), rest, pivots.at[i].set(pivot)
-
-    init = (jnp.zeros((ops.p, rank)), diag, jnp.zeros(rank))
-    factor, _, pivots = jax.lax.fori_loop(0, rank, step, init)
+    factor, pivots = _greedy_cholesky(diag, lambda j: jax.vmap(lambda r: element(r, j))(rows), rank)
     return factor, diag, pivots
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "rank"))
 def _input_cholesky_run(spec: ProductSpec, rank: int, y):
-    """Greedy pivoted partial Cholesky of Theta_YY from its rows: (F (N, rank), the
-    diagonal (N,), the pivot values (rank,))."""
+    """`_greedy_cholesky` of Theta_YY from its rows: (F (N, rank), the diagonal (N,), the
+    pivot values (rank,))."""
     static = dict(spec.kernel)
     diag = jax.vmap(lambda x: _kernel_recursion(x[None], x[None], **static)[1][0, 0])(y)
-
-    def step(i, carry):
-        factor_t, rest, pivots = carry  # F^T (rank, N): rows written in place
-        j = jnp.argmax(rest)
-        pivot = rest[j]
-        row = _kernel_recursion(y[j][None], y, **static)[1][0] - factor_t[:, j] @ factor_t
-        row = jnp.where(pivot > 0, row / jnp.sqrt(jnp.where(pivot > 0, pivot, 1.0)), 0.0)
-        rest = jnp.maximum(rest - row**2, 0.0).at[j].set(0.0)
-        return factor_t.at[i].set(row), rest, pivots.at[i].set(pivot)
-
-    init = (jnp.zeros((rank, y.shape[0])), diag, jnp.zeros(rank))
-    factor_t, _, pivots = jax.lax.fori_loop(0, rank, step, init)
-    return factor_t.T, diag, pivots
+    factor, pivots = _greedy_cholesky(
+        diag, lambda j: _kernel_recursion(y[j][None], y, **static)[1][0], rank
+    )
+    return factor, diag, pivots
 
 
 def _input_cholesky(spec: ProductSpec, y, rank: int) -> tuple[jax.Array, float]:
